@@ -1,0 +1,142 @@
+"""The one place that talks to ComfyUI's runtime.
+
+Imported by the node modules. Inside ComfyUI it installs ``samkit.runtime`` hooks backed by
+``comfy.utils.ProgressBar`` and ``comfy.model_management`` and registers the ``sams`` model
+folder. Without ComfyUI (tests, the CLI) every function here falls back to plain behaviour,
+so node classes can be exercised directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from ..samkit import runtime
+
+log = logging.getLogger("comfyui-sam-kit")
+
+try:  # ComfyUI's modules exist only inside a running ComfyUI
+    import comfy.model_management as model_management  # type: ignore
+    import comfy.utils as comfy_utils  # type: ignore
+    import folder_paths  # type: ignore
+
+    IN_COMFY = True
+except Exception:  # pragma: no cover - exercised by the integration tests instead
+    model_management = None
+    comfy_utils = None
+    folder_paths = None
+    IN_COMFY = False
+
+MODEL_FOLDER = "sams"
+MODEL_EXTENSIONS = {".pt", ".pth", ".safetensors", ".bin", ".ckpt"}
+
+
+def register_model_folder() -> None:
+    """Add ``models/sams`` without discarding paths users set in extra_model_paths.yaml."""
+    if folder_paths is None:
+        return
+    folder_paths.add_model_folder_path(MODEL_FOLDER, os.path.join(folder_paths.models_dir, MODEL_FOLDER))
+    _paths, extensions = folder_paths.folder_names_and_paths[MODEL_FOLDER]
+    # An empty set means "every file": keep partial downloads and notes out of the dropdown.
+    extensions.update(getattr(folder_paths, "supported_pt_extensions", MODEL_EXTENSIONS) | MODEL_EXTENSIONS)
+
+
+def model_folders() -> list[str]:
+    if folder_paths is None:
+        return []
+    try:
+        return folder_paths.get_folder_paths(MODEL_FOLDER)
+    except KeyError:
+        return []
+
+
+def current_node_id() -> str | None:
+    try:
+        from comfy_execution.utils import get_executing_context  # type: ignore
+    except Exception:
+        return None
+    ctx = get_executing_context()
+    return ctx.node_id if ctx is not None else None
+
+
+class _ComfyProgress(runtime.Progress):
+    def __init__(self, total: int, label: str = ""):
+        super().__init__(total, label)
+        self._bar = comfy_utils.ProgressBar(self.total)
+
+    def set(self, value: int) -> None:
+        super().set(value)
+        self._bar.update_absolute(self.value, self.total)
+
+
+def _comfy_device(choice: str):
+    import torch
+
+    if choice == "cpu":
+        return torch.device("cpu")
+    device = model_management.get_torch_device()
+    if choice == "gpu" and device.type == "cpu":
+        raise RuntimeError(
+            "device 'gpu' was chosen but ComfyUI runs on the CPU (started with --cpu, or no GPU); "
+            "choose 'auto' or 'cpu'."
+        )
+    return device
+
+
+_patchers: "dict[int, object]" = {}
+
+
+def _prepare_model(loaded) -> None:
+    """Let ComfyUI's memory manager account for the model and move it to its device.
+
+    The module is wrapped in a ModelPatcher once; ``load_models_gpu`` then frees room for it
+    (unloading other models if needed) and ComfyUI can unload it when it needs memory itself.
+    """
+    if loaded.device.type == "cpu":
+        loaded.module.to(loaded.device)
+        return
+    try:
+        import comfy.model_patcher as model_patcher  # type: ignore
+    except Exception:
+        return
+    patcher = _patchers.get(id(loaded.module))
+    if patcher is None:
+        patcher = model_patcher.ModelPatcher(
+            loaded.module, load_device=loaded.device, offload_device=model_management.unet_offload_device()
+        )
+        _patchers[id(loaded.module)] = patcher
+    model_management.load_models_gpu([patcher])
+
+
+def forget_model(loaded) -> None:
+    _patchers.pop(id(loaded.module), None)
+
+
+def _status_text(text: str) -> None:
+    node_id = current_node_id()
+    if node_id is None:
+        return
+    try:
+        from server import PromptServer  # type: ignore
+
+        PromptServer.instance.send_progress_text(text, node_id)
+    except Exception:  # the status line is a nicety; never fail a run over it
+        pass
+
+
+def install_hooks() -> None:
+    if not IN_COMFY:
+        return
+    runtime.install(
+        progress=lambda total, label="": _ComfyProgress(total, label),
+        check_interrupt=model_management.throw_exception_if_processing_interrupted,
+        interrupted=model_management.processing_interrupted,
+        device=_comfy_device,
+        output_device=model_management.intermediate_device,
+        prepare_model=_prepare_model,
+        status_text=_status_text,
+    )
+
+
+install_hooks()
+register_model_folder()

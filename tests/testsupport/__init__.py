@@ -1,0 +1,1 @@
+"""Helpers shared by the tests (checkpoint builders, image makers, servers)."""
