@@ -1,0 +1,75 @@
+"""SAM Segmentation Map node: segment everything and paint it (the ControlNet "seg" look)."""
+
+from __future__ import annotations
+
+from . import comfy_bridge  # noqa: F401  (installs ComfyUI hooks when present)
+from ..samkit.automask import AutoMaskSettings
+from ..samkit.segmap import segmentation_map
+
+_DEFAULTS = AutoMaskSettings()
+
+
+class SamKitSegmentationMap:
+    DESCRIPTION = (
+        "Segments everything in each image with a SAM-family model (or FastSAM) and paints the "
+        "segments as a colour map at the input's size: largest first so small parts stay visible, "
+        "colours fixed by the seed so the same input always gives the same map. Feed the map to a "
+        "ControlNet seg model, or pick one segment with SAM Segment Picker / ImageColorToMask."
+    )
+    CATEGORY = "SAM Kit"
+    FUNCTION = "run"
+    RETURN_TYPES = ("IMAGE", "MASK", "MASK")
+    RETURN_NAMES = ("seg_map", "segments", "coverage")
+    OUTPUT_TOOLTIPS = (
+        "Colour segmentation map, same size as the input.",
+        "Every segment as its own mask, largest first, all images of the batch one after another "
+        "(an image with no segment gives one empty mask).",
+        "Everything that was segmented, one mask per image.",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        d = _DEFAULTS
+        return {
+            "required": {
+                "model": ("SAMKIT_MODEL", {"tooltip": "From Load SAM Model (SAM Kit). SAM vit_b/l/h, MobileSAM, TinySAM or FastSAM."}),
+                "image": ("IMAGE", {"tooltip": "Images to segment; every image of the batch is processed."}),
+                "points_per_side": ("INT", {"default": d.points_per_side, "min": 1, "max": 128, "step": 1,
+                                            "tooltip": "Grid of prompt points per side (32 = 1024 points). More finds smaller parts and takes longer. SAM models only."}),
+                "pred_iou_thresh": ("FLOAT", {"default": d.pred_iou_thresh, "min": 0.0, "max": 1.0, "step": 0.01,
+                                              "tooltip": "Drop masks the model itself rates below this quality."}),
+                "stability_score_thresh": ("FLOAT", {"default": d.stability_score_thresh, "min": 0.0, "max": 1.0, "step": 0.01,
+                                                     "tooltip": "Drop masks whose outline moves when the cut-off shifts (unstable masks)."}),
+                "min_mask_region_area": ("INT", {"default": d.min_mask_region_area, "min": 0, "max": 1 << 24, "step": 1,
+                                                 "tooltip": "Remove islands and fill holes smaller than this many pixels (0 = off)."}),
+                "crop_n_layers": ("INT", {"default": d.crop_n_layers, "min": 0, "max": 3, "step": 1,
+                                          "tooltip": "Also segment zoomed-in crops (1 = 4 extra crops, 2 = 16 more). Finds small objects; much slower."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "step": 1,
+                                 "tooltip": "Picks the colour palette. Same seed, same colours."}),
+            },
+            "optional": {
+                "box_nms_thresh": ("FLOAT", {"default": d.box_nms_thresh, "min": 0.0, "max": 1.0, "step": 0.01,
+                                             "tooltip": "Overlap above which duplicate masks are merged away."}),
+                "points_per_batch": ("INT", {"default": d.points_per_batch, "min": 1, "max": 1024, "step": 1,
+                                             "tooltip": "Points run through the decoder at once. Higher is faster on a GPU and uses more memory; the result is the same."}),
+            },
+        }
+
+    def run(self, model, image, points_per_side, pred_iou_thresh, stability_score_thresh,
+            min_mask_region_area, crop_n_layers, seed, box_nms_thresh=_DEFAULTS.box_nms_thresh,
+            points_per_batch=_DEFAULTS.points_per_batch):
+        settings = AutoMaskSettings(
+            points_per_side=points_per_side,
+            points_per_batch=points_per_batch,
+            pred_iou_thresh=pred_iou_thresh,
+            stability_score_thresh=stability_score_thresh,
+            box_nms_thresh=box_nms_thresh,
+            crop_n_layers=crop_n_layers,
+            min_mask_region_area=min_mask_region_area,
+        )
+        result = segmentation_map(model, image, settings, seed)
+        return (result.seg_map, result.segments, result.coverage)
+
+
+NODE_CLASS_MAPPINGS = {"SamKitSegmentationMap": SamKitSegmentationMap}
+NODE_DISPLAY_NAME_MAPPINGS = {"SamKitSegmentationMap": "SAM Segmentation Map"}

@@ -1,0 +1,360 @@
+"""Segment-everything for SAM-family models: the same result as segment-anything's
+``SamAutomaticMaskGenerator``, without its waste.
+
+The algorithm (point grid → mask decoder → predicted-IoU filter → stability filter → box
+NMS, optionally over crop layers, then small-region clean-up) and its thresholds are the
+reference's, so a checkpoint gives the same segments. What changes is where the work goes:
+
+* the predicted-IoU filter runs before any upsampling (the reference upsamples every mask
+  of every batch to full size first, then throws most away);
+* surviving masks are upsampled in small chunks on the model's device, scored and boxed
+  there, and only their low-resolution logits are kept — no run-length encoding on the CPU,
+  and memory stays bounded on large images;
+* only masks that survive NMS are upsampled again at the end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.ops.boxes import batched_nms, box_area
+
+from . import runtime
+
+# Pure helpers from the reference implementation: reusing them keeps the grid, crop boxes and
+# box maths identical to segment-anything's.
+from segment_anything.modeling import Sam
+from segment_anything.utils.amg import (
+    batched_mask_to_box,
+    build_all_layer_point_grids,
+    generate_crop_boxes,
+    is_box_near_crop_edge,
+    remove_small_regions,
+    uncrop_boxes_xyxy,
+    uncrop_points,
+)
+from segment_anything.utils.transforms import ResizeLongestSide
+
+
+@dataclass(frozen=True)
+class AutoMaskSettings:
+    """segment-anything's everything-mode settings, with its defaults."""
+
+    points_per_side: int = 32
+    points_per_batch: int = 64
+    pred_iou_thresh: float = 0.88
+    stability_score_thresh: float = 0.95
+    stability_score_offset: float = 1.0
+    box_nms_thresh: float = 0.7
+    crop_n_layers: int = 0
+    crop_nms_thresh: float = 0.7
+    crop_overlap_ratio: float = 512 / 1500
+    crop_n_points_downscale_factor: int = 1
+    min_mask_region_area: int = 0
+
+    def validate(self) -> "AutoMaskSettings":
+        checks = [
+            (1 <= self.points_per_side <= 256, "points_per_side must be between 1 and 256"),
+            (self.points_per_batch >= 1, "points_per_batch must be at least 1"),
+            (0.0 <= self.pred_iou_thresh <= 1.0, "pred_iou_thresh must be between 0 and 1"),
+            (0.0 <= self.stability_score_thresh <= 1.0, "stability_score_thresh must be between 0 and 1"),
+            (0.0 <= self.box_nms_thresh <= 1.0, "box_nms_thresh must be between 0 and 1"),
+            (0 <= self.crop_n_layers <= 4, "crop_n_layers must be between 0 and 4"),
+            (0.0 <= self.crop_overlap_ratio < 1.0, "crop_overlap_ratio must be in [0, 1)"),
+            (self.crop_n_points_downscale_factor >= 1, "crop_n_points_downscale_factor must be at least 1"),
+            (self.min_mask_region_area >= 0, "min_mask_region_area must be 0 or more pixels"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        return self
+
+    def reference_kwargs(self) -> dict:
+        """Keyword arguments for ``SamAutomaticMaskGenerator`` with the same settings."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class Segments:
+    """Segments of one image, in the order the reference returns them.
+
+    ``masks`` is bool ``[N,H,W]``; ``boxes`` xyxy ``[N,4]`` (int); ``points`` the prompt that made
+    each mask, in image pixels; ``crop_boxes`` xyxy of the crop each mask came from.
+    """
+
+    masks: torch.Tensor
+    boxes: torch.Tensor
+    predicted_iou: torch.Tensor
+    stability_score: torch.Tensor
+    points: torch.Tensor
+    crop_boxes: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.masks.shape[0])
+
+    @property
+    def areas(self) -> torch.Tensor:
+        return self.masks.flatten(1).sum(1)
+
+    @classmethod
+    def empty(cls, height: int, width: int, device=None) -> "Segments":
+        return cls(
+            masks=torch.zeros((0, height, width), dtype=torch.bool, device=device),
+            boxes=torch.zeros((0, 4), dtype=torch.int64, device=device),
+            predicted_iou=torch.zeros((0,), device=device),
+            stability_score=torch.zeros((0,), device=device),
+            points=torch.zeros((0, 2), device=device),
+            crop_boxes=torch.zeros((0, 4), dtype=torch.int64, device=device),
+        )
+
+
+# Masks upsampled to full size at once: bounds peak memory at ~chunk × H × W × 4 bytes.
+_UPSAMPLE_CHUNK = 16
+
+
+def _upsample(sam: Sam, low_res: torch.Tensor, input_size: tuple, original_size: tuple) -> torch.Tensor:
+    """Low-res logits ``[n,h,w]`` → logits at ``original_size``, exactly as ``Sam.postprocess_masks``."""
+    return sam.postprocess_masks(low_res[:, None].float(), input_size, original_size)[:, 0]
+
+
+def _stability_score(logits: torch.Tensor, threshold: float, offset: float) -> torch.Tensor:
+    # Same counting as the reference (int16 row sums, then int32) so scores match bit for bit.
+    inter = (logits > (threshold + offset)).sum(-1, dtype=torch.int16).sum(-1, dtype=torch.int32)
+    union = (logits > (threshold - offset)).sum(-1, dtype=torch.int16).sum(-1, dtype=torch.int32)
+    return inter / union
+
+
+class _CropResult:
+    """Survivors of one crop: low-res logits are kept instead of full-size masks."""
+
+    def __init__(self):
+        self.low_res: list[torch.Tensor] = []
+        self.boxes: list[torch.Tensor] = []
+        self.iou: list[torch.Tensor] = []
+        self.stability: list[torch.Tensor] = []
+        self.points: list[torch.Tensor] = []
+
+    def add(self, low_res, boxes, iou, stability, points):
+        self.low_res.append(low_res)
+        self.boxes.append(boxes)
+        self.iou.append(iou)
+        self.stability.append(stability)
+        self.points.append(points)
+
+    def cat(self):
+        if not self.boxes:
+            return None
+        return (
+            torch.cat(self.low_res),
+            torch.cat(self.boxes),
+            torch.cat(self.iou),
+            torch.cat(self.stability),
+            torch.cat(self.points),
+        )
+
+
+@torch.inference_mode()
+def encode_image(sam: Sam, image: np.ndarray) -> tuple[torch.Tensor, tuple]:
+    """Resize (longest side to the encoder's size), normalise, pad and encode one RGB uint8 image.
+
+    Returns the embedding and the resized input size (h, w). Matches ``SamPredictor.set_image``.
+    """
+    device = next(sam.parameters()).device
+    dtype = next(sam.image_encoder.parameters()).dtype
+    transform = ResizeLongestSide(sam.image_encoder.img_size)
+    resized = transform.apply_image(image)
+    tensor = torch.as_tensor(resized, device=device).permute(2, 0, 1).contiguous()[None]
+    input_size = tuple(tensor.shape[-2:])
+    features = sam.image_encoder(sam.preprocess(tensor.float()).to(dtype))
+    return features, input_size
+
+
+@torch.inference_mode()
+def _process_crop(
+    sam: Sam,
+    image: np.ndarray,
+    crop_box: list,
+    layer_idx: int,
+    orig_size: tuple,
+    grids: list,
+    settings: AutoMaskSettings,
+    on_batch,
+):
+    x0, y0, x1, y1 = crop_box
+    crop = np.ascontiguousarray(image[y0:y1, x0:x1, :])
+    crop_size = crop.shape[:2]
+    features, input_size = encode_image(sam, crop)
+    device = features.device
+    dtype = features.dtype
+    transform = ResizeLongestSide(sam.image_encoder.img_size)
+    dense_pe = sam.prompt_encoder.get_dense_pe()
+    threshold = sam.mask_threshold
+    orig_h, orig_w = orig_size
+
+    points_for_image = grids[layer_idx] * np.array(crop_size)[None, ::-1]
+    result = _CropResult()
+    for start in range(0, len(points_for_image), settings.points_per_batch):
+        runtime.check_interrupt()
+        points = points_for_image[start : start + settings.points_per_batch]
+        coords = torch.as_tensor(transform.apply_coords(points, crop_size), device=device)
+        labels = torch.ones(coords.shape[0], dtype=torch.int, device=device)
+        sparse, dense = sam.prompt_encoder(points=(coords[:, None, :], labels[:, None]), boxes=None, masks=None)
+        low_res, iou_pred = sam.mask_decoder(
+            image_embeddings=features,
+            image_pe=dense_pe,
+            sparse_prompt_embeddings=sparse.to(dtype),
+            dense_prompt_embeddings=dense.to(dtype),
+            multimask_output=True,
+        )
+        n_out = low_res.shape[1]
+        low_res = low_res.flatten(0, 1).float()
+        iou_pred = iou_pred.flatten(0, 1).float()
+        pts = torch.as_tensor(points, dtype=torch.float32, device=device).repeat_interleave(n_out, dim=0)
+
+        # 1. predicted-IoU filter: needs no mask at all
+        if settings.pred_iou_thresh > 0.0:
+            keep = iou_pred > settings.pred_iou_thresh
+            low_res, iou_pred, pts = low_res[keep], iou_pred[keep], pts[keep]
+
+        # 2. stability and boxes on full-size logits, a chunk at a time
+        for c in range(0, low_res.shape[0], _UPSAMPLE_CHUNK):
+            lr = low_res[c : c + _UPSAMPLE_CHUNK]
+            logits = _upsample(sam, lr, input_size, crop_size)
+            stability = _stability_score(logits, threshold, settings.stability_score_offset)
+            keep = stability >= settings.stability_score_thresh if settings.stability_score_thresh > 0.0 else (
+                torch.ones_like(stability, dtype=torch.bool)
+            )
+            if not bool(keep.any()):
+                continue
+            boxes = batched_mask_to_box(logits[keep] > threshold)
+            near_edge = is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_w, orig_h])
+            idx = keep.nonzero()[:, 0][~near_edge]
+            if idx.numel() == 0:
+                continue
+            result.add(lr[idx], boxes[~near_edge], iou_pred[c : c + _UPSAMPLE_CHUNK][idx], stability[idx],
+                       pts[c : c + _UPSAMPLE_CHUNK][idx])
+        on_batch()
+
+    merged = result.cat()
+    if merged is None:
+        return None
+    low_res, boxes, iou_pred, stability, pts = merged
+    keep = batched_nms(boxes.float(), iou_pred, torch.zeros_like(iou_pred), iou_threshold=settings.box_nms_thresh)
+    crop_t = torch.tensor(crop_box, device=device)
+    return {
+        "low_res": low_res[keep],
+        "input_size": input_size,
+        "crop_size": crop_size,
+        "crop_box": crop_box,
+        "boxes": uncrop_boxes_xyxy(boxes[keep], crop_box),
+        "iou": iou_pred[keep],
+        "stability": stability[keep],
+        "points": uncrop_points(pts[keep], crop_box),
+        "crop_boxes": crop_t[None].expand(len(keep), 4),
+    }
+
+
+def _full_masks(sam: Sam, crop: dict, index: torch.Tensor, orig_size: tuple) -> torch.Tensor:
+    """Full-image bool masks for the selected survivors of one crop."""
+    orig_h, orig_w = orig_size
+    x0, y0, x1, y1 = crop["crop_box"]
+    out = torch.zeros((len(index), orig_h, orig_w), dtype=torch.bool, device=crop["low_res"].device)
+    for c in range(0, len(index), _UPSAMPLE_CHUNK):
+        sel = index[c : c + _UPSAMPLE_CHUNK]
+        logits = _upsample(sam, crop["low_res"][sel], crop["input_size"], crop["crop_size"])
+        out[c : c + len(sel), y0:y1, x0:x1] = logits > sam.mask_threshold
+    return out
+
+
+def _postprocess_small_regions(segments: Segments, min_area: int, nms_thresh: float) -> Segments:
+    """Remove small islands and fill small holes, then re-run NMS (the reference's clean-up)."""
+    if len(segments) == 0:
+        return segments
+    device = segments.masks.device
+    masks_np = segments.masks.cpu().numpy()
+    new_masks, scores = [], []
+    for mask in masks_np:
+        mask, changed_holes = remove_small_regions(mask, min_area, mode="holes")
+        mask, changed_islands = remove_small_regions(mask, min_area, mode="islands")
+        new_masks.append(torch.as_tensor(mask))
+        scores.append(float(not (changed_holes or changed_islands)))
+    masks = torch.stack(new_masks).to(device)
+    boxes = batched_mask_to_box(masks)
+    score_t = torch.as_tensor(scores, device=device)
+    keep = batched_nms(boxes.float(), score_t, torch.zeros_like(score_t), iou_threshold=nms_thresh)
+    # Like the reference: masks that were cleaned take their new pixels and box.
+    changed = score_t == 0.0
+    final_masks = torch.where(changed[:, None, None], masks, segments.masks)
+    final_boxes = torch.where(changed[:, None], boxes, segments.boxes)
+    return Segments(
+        masks=final_masks[keep],
+        boxes=final_boxes[keep],
+        predicted_iou=segments.predicted_iou[keep],
+        stability_score=segments.stability_score[keep],
+        points=segments.points[keep],
+        crop_boxes=segments.crop_boxes[keep],
+    )
+
+
+def generate_segments(sam: Sam, image: np.ndarray, settings: Optional[AutoMaskSettings] = None) -> Segments:
+    """Segment everything in one RGB uint8 ``[H,W,3]`` image."""
+    settings = (settings or AutoMaskSettings()).validate()
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError("generate_segments expects an RGB uint8 array of shape [H, W, 3]")
+    orig_size = image.shape[:2]
+    grids = build_all_layer_point_grids(
+        settings.points_per_side, settings.crop_n_layers, settings.crop_n_points_downscale_factor
+    )
+    crop_boxes, layer_idxs = generate_crop_boxes(orig_size, settings.crop_n_layers, settings.crop_overlap_ratio)
+    total_batches = sum(
+        -(-len(grids[layer]) // settings.points_per_batch) for layer in layer_idxs
+    )
+    bar = runtime.progress(total_batches, "segmenting")
+    crops = []
+    for crop_box, layer_idx in zip(crop_boxes, layer_idxs):
+        crop = _process_crop(sam, image, crop_box, layer_idx, orig_size, grids, settings, lambda: bar.update(1))
+        if crop is not None and len(crop["iou"]):
+            crops.append(crop)
+    bar.close()
+    device = next(sam.parameters()).device
+    if not crops:
+        return Segments.empty(*orig_size, device=device)
+
+    crop_id = torch.cat([torch.full((len(c["iou"]),), i, device=device) for i, c in enumerate(crops)])
+    local_idx = torch.cat([torch.arange(len(c["iou"]), device=device) for c in crops])
+    boxes = torch.cat([c["boxes"] for c in crops])
+    iou = torch.cat([c["iou"] for c in crops])
+    stability = torch.cat([c["stability"] for c in crops])
+    points = torch.cat([c["points"] for c in crops])
+    crop_xyxy = torch.cat([c["crop_boxes"] for c in crops])
+
+    if len(crop_boxes) > 1:
+        # Prefer masks from smaller crops, as the reference does.
+        scores = 1 / box_area(crop_xyxy.float())
+        order = batched_nms(boxes.float(), scores, torch.zeros_like(scores), iou_threshold=settings.crop_nms_thresh)
+    else:
+        order = torch.arange(len(iou), device=device)
+
+    masks = torch.zeros((len(order), *orig_size), dtype=torch.bool, device=device)
+    for i, crop in enumerate(crops):
+        rows = (crop_id[order] == i).nonzero()[:, 0]
+        if rows.numel():
+            masks[rows] = _full_masks(sam, crop, local_idx[order][rows], orig_size)
+
+    segments = Segments(
+        masks=masks,
+        boxes=boxes[order],
+        predicted_iou=iou[order],
+        stability_score=stability[order],
+        points=points[order],
+        crop_boxes=crop_xyxy[order],
+    )
+    if settings.min_mask_region_area > 0:
+        segments = _postprocess_small_regions(
+            segments, settings.min_mask_region_area, max(settings.box_nms_thresh, settings.crop_nms_thresh)
+        )
+    return segments

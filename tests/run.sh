@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Set up a virtual environment (once) and run the test suite.
+#   bash tests/run.sh            # everything that can run here
+#   bash tests/run.sh -k fal     # extra arguments go to pytest
+# Integration and browser tests run when COMFYUI_PATH points at a ComfyUI checkout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${SAMKIT_VENV:-.venv}"
+if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV"
+fi
+. "$VENV/bin/activate"
+python -m pip install --quiet --upgrade pip
+python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+python -m pip install --quiet -r tests/requirements.txt
+set +e
+python -m pytest "$@"
+status=$?
+set -e
+if [ "$status" -eq 5 ]; then
+    echo "pytest collected no tests" >&2
+fi
+exit "$status"
