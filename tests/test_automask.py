@@ -1,0 +1,112 @@
+"""Everything mode: the pack's generator against segment-anything's SamAutomaticMaskGenerator."""
+
+import numpy as np
+import pytest
+import torch
+from segment_anything import SamAutomaticMaskGenerator
+
+from comfyui_sam_kit.samkit.automask import AutoMaskSettings, generate_segments
+from testsupport.checkpoints import build_small_sam
+
+
+@pytest.fixture(scope="module")
+def random_sam():
+    sam = build_small_sam(seed=0).eval()
+    # Untrained weights give logits near zero everywhere (every stability score 0, every
+    # predicted IoU about 0). Scaling the decoder's output layers spreads them out so the
+    # filters have something to decide; the code under test is unchanged.
+    with torch.no_grad():
+        for mlp in sam.mask_decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight.mul_(40.0)
+        sam.mask_decoder.iou_prediction_head.layers[-1].weight.mul_(4.0)
+        sam.mask_decoder.iou_prediction_head.layers[-1].bias.add_(0.5)
+    return sam
+
+
+def _scene(h=120, w=170, seed=0):
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 60, size=(h, w, 3), dtype=np.uint8)
+    img[10:70, 20:90] = (220, 40, 40)
+    img[50:110, 100:160] = (40, 200, 60)
+    return img
+
+
+def _assert_same_segments(ref_records, ours, min_iou=0.99):
+    assert len(ours) == len(ref_records)
+    for i, rec in enumerate(ref_records):
+        ref_mask = torch.as_tensor(rec["segmentation"])
+        mask = ours.masks[i].cpu()
+        union = (ref_mask | mask).sum()
+        iou = float((ref_mask & mask).sum() / union) if union else 1.0
+        assert iou >= min_iou, f"segment {i}: IoU {iou:.4f}"
+        assert abs(float(ours.predicted_iou[i]) - rec["predicted_iou"]) < 1e-4
+        x, y, w, h = rec["bbox"]
+        assert ours.boxes[i].tolist() == [x, y, x + w, y + h]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        # no thresholds: every mask of every point goes through upsampling, boxes and NMS
+        AutoMaskSettings(points_per_side=12, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0),
+        # crop layers and small-region clean-up
+        AutoMaskSettings(points_per_side=6, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0,
+                         crop_n_layers=1, crop_nms_thresh=1.0, min_mask_region_area=40),
+    ],
+    ids=["all-masks", "crops-and-cleanup"],
+)
+def test_same_segments_as_the_reference_on_the_same_checkpoint(random_sam, settings):
+    image = _scene()
+    reference = SamAutomaticMaskGenerator(random_sam, **settings.reference_kwargs()).generate(image)
+    ours = generate_segments(random_sam, image, settings)
+    assert len(reference) > 1, "settings must let several masks through for the comparison to mean anything"
+    _assert_same_segments(reference, ours)
+
+
+def test_same_segments_when_the_thresholds_cut_through_the_masks(random_sam):
+    # Put both thresholds at the median of what this checkpoint produces, so about half of the
+    # masks fail each filter: the filters must drop exactly the masks the reference drops.
+    image = _scene(seed=3)
+    open_settings = AutoMaskSettings(points_per_side=12, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
+    everything = SamAutomaticMaskGenerator(random_sam, **open_settings.reference_kwargs()).generate(image)
+    settings = AutoMaskSettings(
+        points_per_side=12,
+        pred_iou_thresh=float(np.median([r["predicted_iou"] for r in everything])),
+        stability_score_thresh=float(np.median([r["stability_score"] for r in everything])),
+        box_nms_thresh=1.0,
+    )
+    reference = SamAutomaticMaskGenerator(random_sam, **settings.reference_kwargs()).generate(image)
+    assert 1 < len(reference) < len(everything)
+    _assert_same_segments(reference, generate_segments(random_sam, image, settings))
+
+
+def test_point_batch_size_does_not_change_the_result(random_sam):
+    image = _scene(seed=1)
+    base = AutoMaskSettings(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
+    small = generate_segments(random_sam, image, base)
+    large = generate_segments(random_sam, image, AutoMaskSettings(**{**base.reference_kwargs(), "points_per_batch": 512}))
+    assert len(small) == len(large) > 0
+    ious = [(a & b).sum() / (a | b).sum() for a, b in zip(small.masks, large.masks)]
+    assert min(float(x) for x in ious) >= 0.99
+
+
+def test_nothing_passing_gives_empty_segments_of_the_right_shape(random_sam):
+    image = _scene(h=37, w=53)
+    segs = generate_segments(random_sam, image, AutoMaskSettings(points_per_side=4, pred_iou_thresh=1.0))
+    assert len(segs) == 0
+    assert segs.masks.shape == (0, 37, 53) and segs.masks.dtype == torch.bool
+    # the reference crashes on an empty result with crop layers; we return nothing instead
+    segs = generate_segments(random_sam, image, AutoMaskSettings(points_per_side=4, pred_iou_thresh=1.0, crop_n_layers=1))
+    assert segs.masks.shape == (0, 37, 53)
+
+
+@pytest.mark.parametrize("bad", [dict(points_per_side=0), dict(pred_iou_thresh=1.5), dict(min_mask_region_area=-1),
+                                 dict(crop_n_layers=9)])
+def test_bad_settings_are_clear_errors(random_sam, bad):
+    with pytest.raises(ValueError):
+        generate_segments(random_sam, _scene(), AutoMaskSettings(**bad))
+
+
+def test_rejects_non_rgb_uint8(random_sam):
+    with pytest.raises(ValueError, match="RGB uint8"):
+        generate_segments(random_sam, _scene().astype(np.float32), AutoMaskSettings(points_per_side=2))
