@@ -140,3 +140,7 @@ def install_hooks() -> None:
 
 install_hooks()
 register_model_folder()
+if IN_COMFY:
+    from ..samkit import registry
+
+    registry.set_folder_provider(model_folders)

@@ -30,7 +30,7 @@ os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost,::1")
 os.environ["no_proxy"] = os.environ["NO_PROXY"]
 # ultralytics must not try to phone home or download fonts/assets during tests
 os.environ.setdefault("YOLO_OFFLINE", "1")
-os.environ.setdefault("ULTRALYTICS_SETTINGS_DIR", str(Path(os.environ.get("TMPDIR", "/tmp")) / "samkit-ultralytics"))
+os.environ.setdefault("YOLO_CONFIG_DIR", str(Path(os.environ.get("TMPDIR", "/tmp")) / "samkit-ultralytics"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
