@@ -35,8 +35,8 @@ def _lock_for(path: Path) -> threading.Lock:
         return _locks.setdefault(str(path.resolve()), threading.Lock())
 
 
-def _manual_hint(model: KnownModel, folder: Path) -> str:
-    return f"Download {model.file_name} by hand from {model.url} and put it in {folder}."
+def _manual_hint(model: KnownModel, folder: Path, url: str) -> str:
+    return f"Download {model.file_name} by hand from {url} and put it in {folder}."
 
 
 def verify_checkpoint_file(path: Path, sha256: str | None = None, digest: str | None = None) -> None:
@@ -84,7 +84,7 @@ def _fetch(url: str, part: Path, model: KnownModel, folder: Path) -> None:
             if response.status_code != 200:
                 raise DownloadError(
                     f"downloading {model.file_name} failed: HTTP {response.status_code} from {url}. "
-                    + _manual_hint(model, folder)
+                    + _manual_hint(model, folder, url)
                 )
             expected = int(response.headers.get("content-length") or 0) or None
             bar = runtime.progress(expected or model.approx_mb * (1 << 20), f"downloading {model.file_name}")
@@ -97,17 +97,22 @@ def _fetch(url: str, part: Path, model: KnownModel, folder: Path) -> None:
                     received += len(chunk)
                     bar.set(received)
             bar.close()
+    except httpx.RemoteProtocolError as exc:
+        raise DownloadError(
+            f"download of {model.file_name} was cut short ({exc}). Run again to retry, or "
+            + _manual_hint(model, folder, url)
+        ) from exc
     except httpx.TransportError as exc:
         raise DownloadError(
             f"could not download {model.file_name} from {url} ({type(exc).__name__}: {exc}); are you offline? "
-            + _manual_hint(model, folder)
+            + _manual_hint(model, folder, url)
         ) from exc
     if expected is not None and received != expected:
         raise DownloadError(
             f"download of {model.file_name} was cut short ({received} of {expected} bytes). "
-            "Run again to retry, or " + _manual_hint(model, folder)
+            "Run again to retry, or " + _manual_hint(model, folder, url)
         )
     try:
         verify_checkpoint_file(part, model.sha256, hasher.hexdigest())
     except DownloadError as exc:
-        raise DownloadError(f"downloaded {model.file_name} is not usable: {exc}. " + _manual_hint(model, folder)) from exc
+        raise DownloadError(f"downloaded {model.file_name} is not usable: {exc}. " + _manual_hint(model, folder, url)) from exc
