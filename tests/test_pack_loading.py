@@ -12,8 +12,6 @@ EXPECTED_NODES = {
     "SamKitSegmentationMap",
     "SamKitSegmentPicker",
     "SamKitTinySAM",
-    "SamKitFalTinySAM",
-    "SamKitFalSegmentationMap",
 }
 
 
