@@ -91,3 +91,17 @@ def test_nothing_passes_gives_black_map_and_empty_masks(model):
 def test_bad_image_input_is_a_clear_error(model):
     with pytest.raises(ValueError, match="IMAGE"):
         _run(model, torch.zeros(64, 64))
+
+
+def test_fastsam_model_also_paints_a_map(tmp_path):
+    from comfyui_sam_kit.samkit import loader
+    from comfyui_sam_kit.samkit.fastsam import segment_everything
+    from testsupport.checkpoints import save_fastsam_checkpoint
+
+    fastsam = loader.load_model(str(save_fastsam_checkpoint(tmp_path / "fs.pt")), device="cpu")
+    image = _image(h=64, w=96)
+    seg_map, segments, coverage = SamKitSegmentationMap().run(fastsam, image, seed=0, **OPEN)
+    expected = segment_everything(fastsam, (image[0] * 255).round().to(torch.uint8).numpy())
+    assert seg_map.shape == (1, 64, 96, 3) and coverage.shape == (1, 64, 96)
+    assert segments.shape[0] == max(len(expected), 1)
+    assert torch.equal(coverage[0] > 0, expected.any(0) if len(expected) else torch.zeros(64, 96, dtype=torch.bool))
