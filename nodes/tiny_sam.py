@@ -1,8 +1,8 @@
-"""Tiny SAM node: fal tiny-sam's parameters (FastSAM's), run locally."""
+"""Tiny SAM node: fal tiny-sam's parameters (FastSAM's), run locally with any SAM Kit model."""
 
 from __future__ import annotations
 
-from . import comfy_bridge  # noqa: F401
+from . import comfy_bridge  # noqa: F401  (installs the ComfyUI runtime hooks)
 from ..samkit.tinysam import TinySamRequest, segment_with_prompts
 
 _D = TinySamRequest()
@@ -10,20 +10,23 @@ _D = TinySamRequest()
 
 class SamKitTinySAM:
     DESCRIPTION = (
-        "Segments the objects you point at or box, with fal.ai tiny-sam's parameters (pixel coordinates "
-        "of the input image). With FastSAM, prompts pick among the instances FastSAM finds; with MobileSAM, "
-        "TinySAM or SAM they go to SAM's decoder, and editing prompts on the same image skips the image "
-        "encoder. No prompt segments everything. Click points and drag boxes on the node's editor."
+        "Segments the objects you click or box, with fal.ai tiny-sam's parameters; all coordinates are pixels "
+        "of the input image. With FastSAM, prompts pick among the objects FastSAM finds (its own rules); with "
+        "MobileSAM, TinySAM or SAM they go to SAM's mask decoder, one object per box, and new prompts on the same "
+        "image reuse its cached embedding. With no prompt (the defaults) every object is segmented. For a batch, "
+        "give one prompt list per image (one more level of brackets) or one list for all images."
     )
     CATEGORY = "SAM Kit"
     FUNCTION = "run"
+    SEARCH_ALIASES = ["tiny sam", "fastsam", "mobilesam", "segment anything", "point prompt", "box prompt"]
     RETURN_TYPES = ("IMAGE", "MASK", "MASK", "BOUNDING_BOX")
     RETURN_NAMES = ("image", "mask", "object_masks", "boxes")
     OUTPUT_TOOLTIPS = (
-        "The objects painted over the image (like fal's combined image of all detected masks).",
-        "Union of the selected objects, one mask per image.",
-        "Each object as its own mask, all images one after another (an image with no object gives one empty mask).",
-        "Each object's box {x, y, width, height}; one list per image for batches.",
+        "The objects tinted over the image in fixed colours (fal's combined image of all detected masks).",
+        "Union of each image's objects, one mask per image.",
+        "Each object as its own mask, image after image: box objects in box order first. "
+        "One empty mask if nothing was found in the whole batch.",
+        "Each object's box {x, y, width, height, score}, one list per image, in object_masks order.",
     )
 
     @classmethod
@@ -31,24 +34,38 @@ class SamKitTinySAM:
         return {
             "required": {
                 "model": ("SAMKIT_MODEL", {"tooltip": "From Load SAM Model (SAM Kit): FastSAM, MobileSAM, TinySAM or SAM."}),
-                "image": ("IMAGE", {"tooltip": "Images to segment; the same prompts apply to each, unless given per image."}),
+                "image": ("IMAGE", {"tooltip": "The image(s) to segment. Prompts apply to each image unless given per image."}),
                 "size": ("INT", {"default": _D.size, "min": 32, "max": 4096, "step": 32,
-                                 "tooltip": "FastSAM's inference size (imgsz). SAM-family models have a fixed input size and ignore it."}),
+                                 "tooltip": "FastSAM: the inference size (imgsz) the image is scaled to; masks still come "
+                                            "out at the image's own size. Ignored by SAM-family models, whose input size "
+                                            "is fixed by the checkpoint (1024)."}),
                 "confidence": ("FLOAT", {"default": _D.confidence, "min": 0.0, "max": 1.0, "step": 0.01,
-                                         "tooltip": "Object confidence threshold: FastSAM's detection score, or SAM's predicted mask quality."}),
+                                         "tooltip": "Object confidence threshold. FastSAM: detection score. SAM family: "
+                                                    "prompted objects with a lower predicted mask quality are dropped "
+                                                    "(0 keeps all); not used when there is no prompt."}),
                 "iou": ("FLOAT", {"default": _D.iou, "min": 0.0, "max": 1.0, "step": 0.01,
-                                  "tooltip": "FastSAM's overlap threshold for merging duplicate instances (not used by SAM models)."}),
+                                  "tooltip": "FastSAM: overlap above which duplicate detections are merged (NMS). "
+                                             "Ignored by SAM-family models."}),
                 "box_prompt": ("STRING", {"default": _D.box_prompt,
-                                          "tooltip": "Boxes [[x,y,w,h],...] in pixels. [[0,0,0,0]] = no box."}),
+                                          "tooltip": "Boxes [[x, y, width, height], ...] in pixels; each box is one object. "
+                                                     "[[0,0,0,0]] = no box."}),
                 "point_prompt": ("STRING", {"default": _D.point_prompt,
-                                            "tooltip": "Points [[x,y],...] in pixels. [[0,0]] = no point."}),
+                                            "tooltip": "Points [[x, y], ...] in pixels. [[0,0]] = no point (click the corner "
+                                                       "pixel as [1,0])."}),
                 "point_label": ("STRING", {"default": _D.point_label,
-                                           "tooltip": "One label per point: 1 = foreground (include), 0 = background (exclude)."}),
+                                           "tooltip": "One label per point of point_prompt: 1 = foreground (this object), "
+                                                      "0 = background (not this). Set 1 for a click you want segmented."}),
             },
             "optional": {
-                "bboxes": ("BOUNDING_BOX", {"tooltip": "Boxes from another node ({x, y, width, height}), added to box_prompt."}),
-                "positive_coords": ("STRING", {"forceInput": True, "tooltip": "Foreground points as JSON [{\"x\":..,\"y\":..}] (KJNodes PointsEditor)."}),
-                "negative_coords": ("STRING", {"forceInput": True, "tooltip": "Background points as JSON [{\"x\":..,\"y\":..}] (KJNodes PointsEditor)."}),
+                "bboxes": ("BOUNDING_BOX", {"forceInput": True,
+                                            "tooltip": "Boxes from another node ({x, y, width, height}, a list, or one list "
+                                                       "per image), added to box_prompt."}),
+                "positive_coords": ("STRING", {"forceInput": True,
+                                               "tooltip": "Foreground points as JSON [{\"x\": .., \"y\": ..}] (KJNodes "
+                                                          "PointsEditor), added to point_prompt."}),
+                "negative_coords": ("STRING", {"forceInput": True,
+                                               "tooltip": "Background points as JSON [{\"x\": .., \"y\": ..}] (KJNodes "
+                                                          "PointsEditor), added to point_prompt."}),
             },
         }
 

@@ -1,60 +1,141 @@
 """FastSAM through ultralytics: everything mode, then FastSAM's own prompt selection.
 
-Prompts do not reach a decoder in FastSAM: the model segments every instance once, and
-boxes/points then *select* among those masks (box → the mask that best fills it; positive
-point → masks containing it; negative point → drop masks containing it). Ultralytics'
-``FastSAMPredictor`` implements exactly that, so it is called as is.
+FastSAM prompts never reach a decoder. The model segments every instance once (ultralytics'
+``FastSAM`` predictor at ``imgsz=size``, ``conf=confidence``, ``iou=iou``, ``retina_masks=True`` so
+masks come out at the input's resolution), and prompts then *select* among those masks.
+:func:`select` is ultralytics' ``FastSAMPredictor.prompt`` (8.4) rule for rule, so the same
+checkpoint and prompts give the same masks as ``ultralytics.FastSAM(...)(image, bboxes=...,
+points=..., labels=...)``:
+
+* each box (xyxy, truncated to whole pixels, clipped to the image) picks the one mask with the
+  highest IoU between the mask and the box, counting only mask pixels inside the box as overlap;
+* foreground points pick every mask containing any of them; if there are only background points,
+  every mask is picked first; then any mask containing a background point is dropped from the
+  point selection (points are truncated to whole pixels);
+* the result is the union of the box picks and the point picks, in the model's order.
+
+Running the model once and selecting here (instead of passing prompts to ultralytics) is what
+lets the pack use different prompts per image and report which box picked which mask; the cost
+is the same selection work ultralytics would do.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .models import LoadedModel
+from .prompts import ImagePrompts
 
 
-def _predict(model: LoadedModel, image: np.ndarray, size: int, confidence: float, iou: float, **prompts):
-    # ultralytics expects BGR numpy images (OpenCV convention)
-    bgr = np.ascontiguousarray(image[..., ::-1])
-    results = model.runner.predict(
-        bgr,
-        imgsz=size,
-        conf=confidence,
-        iou=iou,
-        retina_masks=True,  # masks at the input's resolution
-        device=str(model.device),
-        verbose=False,
-        **({"half": True} if model.dtype == torch.float16 else {}),
-        **prompts,
-    )
-    return results[0]
+@dataclass
+class Instances:
+    """Everything-mode output for one image, in the model's order (highest confidence first).
+
+    ``masks``: uint8 ``[N,H,W]`` (0/1, ultralytics' own dtype) on the model's device;
+    ``scores``: detection confidence ``[N]``.
+    """
+
+    masks: torch.Tensor
+    scores: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.masks.shape[0])
 
 
-def _masks_of(result, height: int, width: int) -> torch.Tensor:
+def predict_everything(model: LoadedModel, image: np.ndarray, size: int = 1024, confidence: float = 0.4,
+                       iou: float = 0.9) -> Instances:
+    """FastSAM's everything pass on one RGB uint8 ``[H,W,3]`` image."""
+    h, w = image.shape[:2]
+    bgr = np.ascontiguousarray(image[..., ::-1])  # ultralytics reads numpy images as OpenCV BGR
+    kwargs = dict(imgsz=int(size), conf=float(confidence), iou=float(iou), retina_masks=True,
+                  device=str(model.device), verbose=False)
+    if model.dtype == torch.float16:
+        kwargs["half"] = True
+    result = model.runner.predict(bgr, **kwargs)[0]
     if result.masks is None or len(result) == 0:
-        return torch.zeros((0, height, width), dtype=torch.bool)
-    masks = result.masks.data > 0.5
-    if masks.shape[-2:] != (height, width):  # retina masks are already full size; guard anyway
-        masks = torch.nn.functional.interpolate(masks[None].float(), (height, width), mode="nearest")[0] > 0.5
-    return masks
+        device = result.boxes.data.device if result.boxes is not None else torch.device("cpu")
+        return Instances(torch.zeros((0, h, w), dtype=torch.uint8, device=device), torch.zeros((0,), device=device))
+    masks = result.masks.data
+    if masks.shape[1:] != (h, w):  # retina masks are full size already; ultralytics' prompt() guards the same way
+        from ultralytics.utils.ops import scale_masks
+
+        masks = (scale_masks(masks[None].float(), (h, w))[0] > 0.5).byte()
+    return Instances(masks, result.boxes.conf.float())
+
+
+def select(masks: torch.Tensor, prompts: ImagePrompts) -> tuple[torch.Tensor, list[int]]:
+    """FastSAM's prompt selection over ``masks`` ``[N,H,W]`` (uint8 or bool).
+
+    Returns the bool selection ``[N]`` (exactly ultralytics' ``prompt`` result) and, for the
+    pack's object order, the indices picked by each box in box order (a box that picks the same
+    mask as an earlier box adds nothing).
+    """
+    n, h, w = masks.shape
+    device = masks.device
+    chosen = torch.zeros(n, dtype=torch.bool, device=device)
+    by_box: list[int] = []
+    if n == 0:
+        return chosen, by_box
+    if prompts.boxes:
+        # ultralytics: int32 conversion (truncation), then clip to [0, w] × [0, h]
+        boxes = torch.as_tensor(prompts.boxes, dtype=torch.float64, device=device).to(torch.int32)
+        boxes[:, 0].clamp_(0, w)
+        boxes[:, 1].clamp_(0, h)
+        boxes[:, 2].clamp_(0, w)
+        boxes[:, 3].clamp_(0, h)
+        box_areas = (boxes[:, 3] - boxes[:, 1]) * (boxes[:, 2] - boxes[:, 0])
+        inside = torch.stack([masks[:, b[1] : b[3], b[0] : b[2]].sum(dim=(1, 2)) for b in boxes.tolist()])
+        full = masks.sum(dim=(1, 2))
+        union = box_areas[:, None] + full - inside
+        best = torch.argmax(inside / union, dim=1)
+        chosen[best] = True
+        for i in best.tolist():
+            if i not in by_box:
+                by_box.append(i)
+    if prompts.points:
+        coords = torch.as_tensor(prompts.points, dtype=torch.float64, device=device).to(torch.int64)
+        coords[:, 0].clamp_(0, w - 1)
+        coords[:, 1].clamp_(0, h - 1)
+        labels = torch.as_tensor(prompts.labels, dtype=torch.int32, device=device)
+        under = masks[:, coords[:, 1], coords[:, 0]].bool()
+        if labels.sum() == 0:  # background points only: start from every mask
+            picked = torch.ones(n, dtype=torch.bool, device=device)
+        else:
+            picked = under[:, labels == 1].any(1)
+        picked &= ~under[:, labels == 0].any(1)
+        chosen |= picked
+    return chosen, by_box
+
+
+@dataclass
+class Selection:
+    """Selected FastSAM objects of one image: bool ``masks`` ``[K,H,W]`` and ``scores`` ``[K]``."""
+
+    masks: torch.Tensor
+    scores: torch.Tensor
+
+
+def segment_prompted(model: LoadedModel, image: np.ndarray, prompts: ImagePrompts, size: int = 1024,
+                     confidence: float = 0.4, iou: float = 0.9) -> Selection:
+    """FastSAM objects for one image: every instance without prompts, else FastSAM's selection.
+
+    Object order: the masks picked by boxes in box order, then the other selected masks in the
+    model's order.
+    """
+    found = predict_everything(model, image, size, confidence, iou)
+    if prompts.empty:
+        order = torch.arange(len(found), device=found.masks.device)
+    else:
+        chosen, by_box = select(found.masks, prompts)
+        rest = [i for i in torch.nonzero(chosen).flatten().tolist() if i not in by_box]
+        order = torch.as_tensor(by_box + rest, dtype=torch.long, device=found.masks.device)
+    return Selection(found.masks[order].bool(), found.scores[order])
 
 
 def segment_everything(model: LoadedModel, image: np.ndarray, size: int = 1024, confidence: float = 0.4,
                        iou: float = 0.9) -> torch.Tensor:
-    """Bool ``[N,H,W]`` instance masks for an RGB uint8 image."""
-    h, w = image.shape[:2]
-    return _masks_of(_predict(model, image, size, confidence, iou), h, w)
-
-
-def segment_with_prompts(model: LoadedModel, image: np.ndarray, size: int, confidence: float, iou: float,
-                         points: list, labels: list, boxes_xyxy: list) -> torch.Tensor:
-    """Masks FastSAM selects for the prompts (all instances when there is no prompt)."""
-    h, w = image.shape[:2]
-    prompts = {}
-    if boxes_xyxy:
-        prompts["bboxes"] = [[round(v) for v in b] for b in boxes_xyxy]
-    if points:
-        prompts["points"] = [[round(x), round(y)] for x, y in points]
-        prompts["labels"] = list(labels)
-    return _masks_of(_predict(model, image, size, confidence, iou, **prompts), h, w)
+    """Bool ``[N,H,W]`` instance masks of an RGB uint8 image (the Segmentation Map node uses this)."""
+    return predict_everything(model, image, size, confidence, iou).masks.bool()

@@ -1,9 +1,18 @@
-"""Where models live and which ones the pack knows how to fetch.
+"""Where model files live, and the models the pack knows how to fetch.
 
-Inside ComfyUI the folders are the ``sams`` model folders (``models/sams`` plus any
-``extra_model_paths.yaml`` entries); the bridge hands them over with ``set_folder_provider``.
-Outside ComfyUI: ``SAMKIT_MODELS_DIR`` (several folders separated by ``os.pathsep``) or a
-per-user folder. Downloads go to the first folder.
+Folders:
+* inside ComfyUI, the ``sams`` model folders (``models/sams`` plus ``extra_model_paths.yaml``
+  entries), handed over by the bridge through :func:`set_folder_provider` (this module never
+  imports ComfyUI);
+* otherwise ``SAMKIT_MODELS_DIR`` (one folder, or several separated by ``os.pathsep``), or a
+  per-user folder: ``%LOCALAPPDATA%\\comfyui-sam-kit\\sams`` on Windows,
+  ``$XDG_DATA_HOME/comfyui-sam-kit/sams`` (default ``~/.local/share/...``) elsewhere.
+
+The first folder is where downloads go.
+
+Choice order (:func:`list_model_choices`): files already present first, alphabetically (they
+work offline and are what the user put there), then the known models that are not present,
+in table order: small and fast first, the big original SAMs last.
 """
 
 from __future__ import annotations
@@ -12,83 +21,151 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
+#: extensions listed as model files (what ComfyUI's ``supported_pt_extensions`` holds)
 MODEL_EXTENSIONS = (".pt", ".pth", ".safetensors", ".bin", ".ckpt")
+ENV_MODELS_DIR = "SAMKIT_MODELS_DIR"
 
 
 @dataclass(frozen=True)
 class KnownModel:
+    """A model the pack can download.
+
+    ``size_bytes``, ``sha256`` and ``git_blob_sha1`` are checked when set. A sha256 is only
+    filled in where the publisher states one; ``git_blob_sha1`` is the object id of the file in
+    the publisher's own git tree (what GitHub serves for a raw URL at that commit).
+    """
+
     file_name: str
     family: str  # "sam" or "fastsam"
-    arch: str
+    arch: str  # vit_b, vit_l, vit_h, vit_t, fastsam
     url: str
-    approx_mb: int
     licence: str
     description: str
-    #: only where the publisher states one; none of these publishers does, so downloads are
-    #: verified by length, zip CRCs and a successful architecture check instead
+    approx_mb: int  # shown to users; also sizes the progress bar when the server sends no length
+    size_bytes: Optional[int] = None
     sha256: Optional[str] = None
+    git_blob_sha1: Optional[str] = None
+    homepage: str = ""
 
 
-# URLs are the publishers' own:
-#   SAM: https://github.com/facebookresearch/segment-anything#model-checkpoints
-#   MobileSAM: https://github.com/ChaoningZhang/MobileSAM (weights/mobile_sam.pt in the repo)
-#   TinySAM: https://github.com/xinghaochen/TinySAM (release asset linked from its README)
-#   FastSAM: ultralytics' asset releases (ultralytics.utils.downloads.GITHUB_ASSETS_NAMES)
-KNOWN_MODELS: tuple[KnownModel, ...] = (
-    KnownModel("mobile_sam.pt", "sam", "vit_t",
-               "https://raw.githubusercontent.com/ChaoningZhang/MobileSAM/master/weights/mobile_sam.pt",
-               40, "Apache-2.0", "MobileSAM: SAM's decoder with a 5M-parameter TinyViT encoder. Fast on CPU."),
-    KnownModel("tinysam_42.3.pth", "sam", "vit_t",
-               "https://github.com/xinghaochen/TinySAM/releases/download/3.0/tinysam_42.3.pth",
-               40, "Apache-2.0", "TinySAM (release 3.0): distilled TinyViT SAM."),
-    KnownModel("FastSAM-s.pt", "fastsam", "fastsam",
-               "https://github.com/ultralytics/assets/releases/download/v8.3.0/FastSAM-s.pt",
-               24, "AGPL-3.0", "FastSAM small (YOLOv8-seg): everything mode in one pass."),
-    KnownModel("FastSAM-x.pt", "fastsam", "fastsam",
-               "https://github.com/ultralytics/assets/releases/download/v8.3.0/FastSAM-x.pt",
-               145, "AGPL-3.0", "FastSAM large (YOLOv8x-seg)."),
-    KnownModel("sam_vit_b_01ec64.pth", "sam", "vit_b",
-               "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
-               375, "Apache-2.0", "Segment Anything ViT-B."),
-    KnownModel("sam_vit_l_0b3195.pth", "sam", "vit_l",
-               "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
-               1250, "Apache-2.0", "Segment Anything ViT-L."),
-    KnownModel("sam_vit_h_4b8939.pth", "sam", "vit_h",
-               "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
-               2560, "Apache-2.0", "Segment Anything ViT-H (the original, largest)."),
+# Sources (checked 2026-11):
+# * SAM: https://github.com/facebookresearch/segment-anything#model-checkpoints links the three
+#   dl.fbaipublicfiles.com files; Meta publishes no checksums. The byte sizes are the
+#   Content-Length dl.fbaipublicfiles.com serves (e.g. a wget log "Length: 375042383" for vit_b),
+#   recorded identically by several independent projects' download manifests.
+# * MobileSAM: weights/mobile_sam.pt in https://github.com/ChaoningZhang/MobileSAM, last changed
+#   in commit a509aac ("Update for better compability"), git blob 7ef2d090...; the raw URL is
+#   pinned to that commit so the blob id stays true. Size: 40.7 MB per the Ultralytics docs
+#   (https://docs.ultralytics.com/models/mobile-sam), 40728226 bytes per independent manifests.
+# * TinySAM: the README of https://github.com/xinghaochen/TinySAM links release 3.0's
+#   tinysam_42.3.pth (a plain state dict of MobileSAM's architecture). No size or checksum is
+#   published.
+# * FastSAM: Ultralytics hosts FastSAM-s/-x in the ultralytics/assets releases; v8.4.0 is the
+#   release ultralytics 8.4 itself downloads them from (the default of
+#   ultralytics.utils.downloads.attempt_download_asset). No size or checksum is published, and
+#   each assets release may carry a re-saved file, so no size is pinned.
+# Files without a published size or checksum are still verified: zip CRCs of the whole archive,
+# and the architecture read from the downloaded file must be the one listed here.
+KNOWN_MODELS: tuple = (
+    KnownModel(
+        "mobile_sam.pt", "sam", "vit_t",
+        "https://raw.githubusercontent.com/ChaoningZhang/MobileSAM/"
+        "a509aac54fdd7af59f843135f2f7cee307283c88/weights/mobile_sam.pt",
+        "Apache-2.0",
+        "MobileSAM: SAM's prompt encoder and mask decoder with a 5M-parameter TinyViT encoder. Fast on CPU.",
+        approx_mb=41, size_bytes=40728226,
+        git_blob_sha1="7ef2d090979fd9853adf17b7a99c8b94a1c5a6a7",
+        homepage="https://github.com/ChaoningZhang/MobileSAM",
+    ),
+    KnownModel(
+        "tinysam_42.3.pth", "sam", "vit_t",
+        "https://github.com/xinghaochen/TinySAM/releases/download/3.0/tinysam_42.3.pth",
+        "Apache-2.0",
+        "TinySAM (release 3.0): a TinyViT SAM distilled further than MobileSAM; same speed, better masks.",
+        approx_mb=41, homepage="https://github.com/xinghaochen/TinySAM",
+    ),
+    KnownModel(
+        "FastSAM-s.pt", "fastsam", "fastsam",
+        "https://github.com/ultralytics/assets/releases/download/v8.4.0/FastSAM-s.pt",
+        "AGPL-3.0",
+        "FastSAM small (YOLOv8s-seg, one class): every object in one pass. Fastest everything mode.",
+        approx_mb=24, homepage="https://docs.ultralytics.com/models/fast-sam",
+    ),
+    KnownModel(
+        "FastSAM-x.pt", "fastsam", "fastsam",
+        "https://github.com/ultralytics/assets/releases/download/v8.4.0/FastSAM-x.pt",
+        "AGPL-3.0",
+        "FastSAM large (YOLOv8x-seg, one class): better masks than FastSAM-s, still one pass.",
+        approx_mb=145, homepage="https://docs.ultralytics.com/models/fast-sam",
+    ),
+    KnownModel(
+        "sam_vit_b_01ec64.pth", "sam", "vit_b",
+        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+        "Apache-2.0",
+        "Segment Anything ViT-B (Meta): the smallest original SAM.",
+        approx_mb=375, size_bytes=375042383,
+        homepage="https://github.com/facebookresearch/segment-anything",
+    ),
+    KnownModel(
+        "sam_vit_l_0b3195.pth", "sam", "vit_l",
+        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
+        "Apache-2.0",
+        "Segment Anything ViT-L (Meta).",
+        approx_mb=1250, size_bytes=1249524607,
+        homepage="https://github.com/facebookresearch/segment-anything",
+    ),
+    KnownModel(
+        "sam_vit_h_4b8939.pth", "sam", "vit_h",
+        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+        "Apache-2.0",
+        "Segment Anything ViT-H (Meta): the original and largest; best masks, slowest.",
+        approx_mb=2565, size_bytes=2564550879,
+        homepage="https://github.com/facebookresearch/segment-anything",
+    ),
 )
 
-_folder_provider: Optional[Callable[[], list]] = None
+_folder_provider: Optional[Callable[[], Iterable]] = None
 
 
-def set_folder_provider(provider: Optional[Callable[[], list]]) -> None:
-    """Let a host (ComfyUI) say where model folders are."""
+def set_folder_provider(provider: Optional[Callable[[], Iterable]]) -> None:
+    """Let a host (ComfyUI) say where the model folders are; ``None`` restores the defaults."""
     global _folder_provider
     _folder_provider = provider
 
 
-def _user_default() -> Path:
+def user_models_dir() -> Path:
     if sys.platform == "win32":
-        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
     else:
-        base = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share"))
+        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
     return base / "comfyui-sam-kit" / "sams"
 
 
-def model_dirs() -> list[Path]:
+def model_dirs() -> list:
+    """The folders searched for models, in order; the first receives downloads."""
     if _folder_provider is not None:
-        dirs = [Path(p) for p in _folder_provider() if p]
+        dirs = _unique(Path(p) for p in _folder_provider() if p)
         if dirs:
             return dirs
-    env = os.environ.get("SAMKIT_MODELS_DIR", "")
-    dirs = [Path(p).expanduser() for p in env.split(os.pathsep) if p.strip()]
-    return dirs or [_user_default()]
+    env = os.environ.get(ENV_MODELS_DIR, "")
+    dirs = _unique(Path(p.strip()).expanduser() for p in env.split(os.pathsep) if p.strip())
+    return dirs or [user_models_dir()]
 
 
 def download_dir() -> Path:
     return model_dirs()[0]
+
+
+def _unique(paths: Iterable[Path]) -> list:
+    seen, out = set(), []
+    for path in paths:
+        key = os.path.normcase(os.path.abspath(path))
+        if key not in seen:
+            seen.add(key)
+            out.append(path)
+    return out
 
 
 def known_model(name: str) -> Optional[KnownModel]:
@@ -98,54 +175,90 @@ def known_model(name: str) -> Optional[KnownModel]:
     return None
 
 
-def _is_model_file(path: Path) -> bool:
-    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in MODEL_EXTENSIONS
+def is_model_file_name(name: str) -> bool:
+    """A listable model file: a supported extension, not hidden (partial downloads are hidden)."""
+    return not name.startswith(".") and name.lower().endswith(MODEL_EXTENSIONS)
 
 
-def installed_models() -> list[str]:
-    """Model files in the folders (sub-folders included), as names relative to their folder."""
-    names: list[str] = []
-    for folder in model_dirs():
-        if not folder.is_dir():
+def _walk_model_files(folder: Path) -> list:
+    """Model files under ``folder`` as POSIX paths relative to it (symlinked folders followed once)."""
+    found = []
+    visited = set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in visited:  # a symlink loop
+            dirs[:] = []
             continue
-        for path in sorted(folder.rglob("*")):
-            if _is_model_file(path):
-                rel = path.relative_to(folder).as_posix()
-                if rel not in names:
-                    names.append(rel)
-    return names
+        visited.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        rel_root = Path(root).relative_to(folder)
+        for name in files:
+            if is_model_file_name(name) and os.path.isfile(os.path.join(root, name)):
+                found.append((rel_root / name).as_posix())
+    return found
 
 
-def list_model_choices() -> list[str]:
-    """Installed files first (what works offline), then known models that can be downloaded."""
+def installed_models() -> list:
+    """Model files present in the folders (sub-folders included), each name once, sorted."""
+    names = set()
+    for folder in model_dirs():
+        if folder.is_dir():
+            names.update(_walk_model_files(folder))
+    return sorted(names, key=lambda n: (n.lower(), n))
+
+
+def list_model_choices() -> list:
+    """Present files first (alphabetical), then downloadable known models not present (table order)."""
     present = installed_models()
-    return present + [m.file_name for m in KNOWN_MODELS if m.file_name not in present]
+    present_names = set(present)
+    return present + [m.file_name for m in KNOWN_MODELS if m.file_name not in present_names]
 
 
 def find_model_file(name: str) -> Optional[Path]:
+    """The file for a choice: an absolute path as given, else the first folder that holds ``name``."""
+    name = str(name).strip()
+    if not name:
+        return None
     candidate = Path(name).expanduser()
     if candidate.is_absolute():
         return candidate if candidate.is_file() else None
     for folder in model_dirs():
-        path = folder / name
+        path = folder / candidate
+        # a choice never points outside its folder ("../../x" from a hand-edited workflow)
+        if not _is_inside(path, folder):
+            continue
         if path.is_file():
             return path
     return None
 
 
+def _is_inside(path: Path, folder: Path) -> bool:
+    try:
+        Path(os.path.abspath(path)).relative_to(os.path.abspath(folder))
+        return True
+    except ValueError:
+        return False
+
+
 def resolve_model_path(name: str, download: bool = True) -> Path:
-    """An installed file wins; a known missing model is downloaded; anything else is an error."""
+    """An existing file wins; a known missing model is downloaded; anything else is an error."""
     path = find_model_file(name)
     if path is not None:
         return path
-    known = known_model(Path(name).name)
-    if known is not None and download:
-        from .download import download_model
+    folders = model_dirs()
+    where = ", ".join(str(d) for d in folders)
+    known = known_model(str(name).strip())
+    if known is not None:
+        if download:
+            from .download import download_model
 
-        return download_model(known, download_dir())
-    folders = ", ".join(str(d) for d in model_dirs())
+            return download_model(known, folders[0])
+        raise FileNotFoundError(
+            f"model {known.file_name} is not in {where} and downloading is off. "
+            f"Download it from {known.url} and put it in {folders[0]}."
+        )
     known_names = ", ".join(m.file_name for m in KNOWN_MODELS)
     raise FileNotFoundError(
-        f"model {name!r} was not found in {folders}. Put the file there, or choose one of the "
-        f"models the pack can download: {known_names}."
+        f"model {name!r} was not found; looked in: {where}. Put the file in one of these folders "
+        f"(supported: {', '.join(MODEL_EXTENSIONS)}), or choose a model the pack downloads itself: {known_names}."
     )

@@ -1,36 +1,53 @@
-"""The Tiny SAM job: fal ``tiny-sam``'s parameters, run locally with FastSAM or a SAM-family model.
+"""The Tiny SAM job: fal ``tiny-sam``'s parameters (FastSAM's), run locally.
 
-* FastSAM: everything mode at ``size`` with ``confidence`` and ``iou``; prompts select masks
-  the way FastSAM does (see ``fastsam.py``). No prompt → every instance.
-* SAM family (MobileSAM, TinySAM, vit_b/l/h): prompts go to the mask decoder. Each box is one
-  object, and all boxes run in one decoder call; a point joins every box that contains it.
-  Without boxes, all points together describe one object (SAM's click-to-refine). Objects
-  whose predicted quality is below ``confidence`` are dropped. The image embedding is cached,
-  so editing prompts re-runs only the decoder. ``size`` and ``iou`` do not apply (SAM's
-  encoder has a fixed input size). No prompt → SAM's everything mode.
+``segment_with_prompts(model, image, request)`` segments each image of a batch with the request's
+prompts (parsed and checked by ``prompts.py``; one list per image or the same for all):
+
+* FastSAM (``fastsam.py``): everything mode at ``size`` / ``confidence`` / ``iou``; prompts select
+  among its masks exactly as ultralytics' ``FastSAMPredictor.prompt`` does.
+* SAM family (``sam_prompted.py``): prompts go to SAM's mask decoder, one object per box (points
+  inside a box refine it) plus one for foreground points outside every box; the image embedding
+  is cached, so new prompts on the same image skip the encoder. ``confidence`` drops objects
+  whose predicted mask quality is lower. ``size`` and ``iou`` do not apply: SAM's encoder input
+  size is fixed by the checkpoint, and prompted objects are not de-duplicated.
+* No prompt at all (fal's defaults): every object (FastSAM's everything pass; for the SAM family,
+  segment-anything's automatic mask generator with its default settings).
+
+Outputs, all at the input's resolution, on ``runtime.output_device()``:
+
+* ``image`` ``[B,H,W,3]``: the objects tinted over the input (fal's "combined image of all
+  detected masks"), deterministic colours;
+* ``mask`` ``[B,H,W]``: union of each image's objects;
+* ``object_masks`` ``[N,H,W]``: every object of every image, image after image. Objects picked by
+  boxes come first, in box order, then the others in the model's order; without boxes or
+  foreground points (everything mode) largest first. If the whole batch has no object, it is one
+  empty mask, so the shape stays valid for other nodes;
+* ``boxes``: one list per image (core ``BOUNDING_BOX`` as core SAM3 outputs it) of
+  ``{"x", "y", "width", "height", "score"}`` in pixels, the tight box of each object's mask, in
+  ``object_masks`` order. ``score`` is FastSAM's confidence or SAM's predicted mask quality.
+
+Objects whose mask is empty are dropped.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
 from . import runtime
-from .automask import AutoMaskSettings, generate_segments
-from .embedding_cache import embeddings
 from .images import as_image_batch, to_uint8_rgb
 from .models import LoadedModel
-from .painting import area_order, palette
-from .prompts import ImagePrompts, parse_prompts, xywh_to_xyxy
-
-OVERLAY_ALPHA = 0.6  # how strongly object colours cover the image in the combined image
+from .overlay import paint_objects
+from .painting import area_order
+from .prompts import ImagePrompts, parse_prompts
 
 
 @dataclass
 class TinySamRequest:
+    """fal ``tiny-sam``'s parameters plus ``iou`` and the optional prompt sockets of the node."""
+
     size: int = 1024
     confidence: float = 0.4
     iou: float = 0.9
@@ -40,155 +57,96 @@ class TinySamRequest:
     bboxes: Any = None
     positive_coords: Any = None
     negative_coords: Any = None
+    xyxy_boxes: Any = None
 
     def validate(self) -> "TinySamRequest":
-        if not 32 <= int(self.size) <= 4096:
-            raise ValueError("size must be between 32 and 4096 pixels")
-        if not 0.0 <= self.confidence <= 1.0:
-            raise ValueError("confidence must be between 0 and 1")
-        if not 0.0 <= self.iou <= 1.0:
-            raise ValueError("iou must be between 0 and 1")
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or not 32 <= self.size <= 4096:
+            raise ValueError(f"size must be a whole number of pixels from 32 to 4096, got {self.size!r}")
+        for name in ("confidence", "iou"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be a number from 0 to 1, got {value!r}")
         return self
+
+    def prompts_for(self, batch: int, width: int, height: int) -> list[ImagePrompts]:
+        return parse_prompts(batch, width, height, point_prompt=self.point_prompt, point_label=self.point_label,
+                             box_prompt=self.box_prompt, bboxes=self.bboxes, positive_coords=self.positive_coords,
+                             negative_coords=self.negative_coords, xyxy_boxes=self.xyxy_boxes)
 
 
 @dataclass
 class TinySamResult:
-    image: torch.Tensor  # [B,H,W,3] objects painted over the input
-    mask: torch.Tensor  # [B,H,W] union of the objects
-    object_masks: torch.Tensor  # [N,H,W]; an image with no object contributes one empty mask
-    boxes: list  # per image: [{x, y, width, height}] (core BOUNDING_BOX)
-    counts: list
+    image: torch.Tensor  # [B,H,W,3] objects tinted over the input
+    mask: torch.Tensor  # [B,H,W] union of each image's objects
+    object_masks: torch.Tensor  # [N,H,W]; [1,H,W] empty when the batch has no object
+    boxes: list  # per image: [{x, y, width, height, score}]
+    counts: list = field(default_factory=list)  # objects per image
 
 
-def _group_prompts(prompts: ImagePrompts) -> list[tuple[list, list, tuple | None]]:
-    """Objects to decode: one per box (with the points inside it), else one for all points.
-
-    Positive points outside every box form one more object, with the negative points.
-    """
-    if not prompts.boxes:
-        return [(prompts.points, prompts.labels, None)]
-    groups, used = [], [False] * len(prompts.points)
-    for box in prompts.boxes:
-        x0, y0, x1, y1 = xywh_to_xyxy(box)
-        inside = [i for i, (x, y) in enumerate(prompts.points) if x0 <= x <= x1 and y0 <= y <= y1]
-        for i in inside:
-            used[i] = True
-        groups.append(([prompts.points[i] for i in inside], [prompts.labels[i] for i in inside], (x0, y0, x1, y1)))
-    rest = [i for i, u in enumerate(used) if not u or prompts.labels[i] == 0]
-    if any(prompts.labels[i] == 1 and not used[i] for i in rest):
-        groups.append(([prompts.points[i] for i in rest], [prompts.labels[i] for i in rest], None))
-    return groups
+def mask_boxes(masks: torch.Tensor, scores: torch.Tensor) -> list[dict]:
+    """Tight ``{x, y, width, height, score}`` boxes of non-empty bool masks ``[N,H,W]``."""
+    if masks.shape[0] == 0:
+        return []
+    rows = masks.any(dim=2)  # [N,H]
+    cols = masks.any(dim=1)  # [N,W]
+    h, w = masks.shape[1:]
+    y0 = rows.int().argmax(dim=1)
+    y1 = h - 1 - rows.flip(1).int().argmax(dim=1)
+    x0 = cols.int().argmax(dim=1)
+    x1 = w - 1 - cols.flip(1).int().argmax(dim=1)
+    values = torch.stack([x0, y0, x1 - x0 + 1, y1 - y0 + 1], dim=1).tolist()
+    return [{"x": x, "y": y, "width": bw, "height": bh, "score": round(float(s), 4)}
+            for (x, y, bw, bh), s in zip(values, scores.tolist())]
 
 
-def _decode(sam, features, input_size, size_hw, groups) -> tuple[torch.Tensor, torch.Tensor]:
-    """One mask decoder call for objects that all have a box, or all have none."""
-    from segment_anything.utils.transforms import ResizeLongestSide
-
-    device, dtype = features.device, features.dtype
-    transform = ResizeLongestSide(sam.image_encoder.img_size)
-    n_pts = max(len(g[0]) for g in groups)
-    point_arg = box_arg = None
-    if n_pts:
-        # pad point lists with SAM's "not a point" label (-1)
-        coords = np.zeros((len(groups), n_pts, 2))
-        labels = -np.ones((len(groups), n_pts))
-        for i, (pts, lbs, _box) in enumerate(groups):
-            coords[i, : len(pts)] = pts
-            labels[i, : len(lbs)] = lbs
-        pt = torch.as_tensor(transform.apply_coords(coords, size_hw), dtype=torch.float32, device=device)
-        point_arg = (pt, torch.as_tensor(labels, dtype=torch.int, device=device))
-    if groups[0][2] is not None:
-        boxes = np.array([g[2] for g in groups], dtype=np.float64)
-        box_arg = torch.as_tensor(transform.apply_boxes(boxes, size_hw), dtype=torch.float32, device=device)
-    # A single click is ambiguous: ask for three masks and keep the best one, as SAM advises.
-    multimask = box_arg is None and len(groups) == 1 and len(groups[0][0]) == 1
-    sparse, dense = sam.prompt_encoder(points=point_arg, boxes=box_arg, masks=None)
-    low_res, scores = sam.mask_decoder(
-        image_embeddings=features,
-        image_pe=sam.prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse.to(dtype),
-        dense_prompt_embeddings=dense.to(dtype),
-        multimask_output=multimask,
-    )
-    scores = scores.float()
-    best = scores.argmax(dim=1)
-    rows = torch.arange(len(groups), device=device)
-    low_res = low_res[rows, best].float()
-    masks = sam.postprocess_masks(low_res[:, None], input_size, size_hw)[:, 0] > sam.mask_threshold
-    return masks, scores[rows, best]
-
-
-@torch.inference_mode()
-def _sam_objects(model: LoadedModel, image: np.ndarray, prompts: ImagePrompts, request: TinySamRequest) -> torch.Tensor:
-    sam = model.runner
-    h, w = image.shape[:2]
-    if prompts.empty:
-        return generate_segments(sam, image, AutoMaskSettings()).masks
-    features, input_size = embeddings.get(model, image)
-    groups = _group_prompts(prompts)
-    masks, scores = [], []
-    for subset in ([g for g in groups if g[2] is not None], [g for g in groups if g[2] is None]):
-        if subset:
-            m, s = _decode(sam, features, input_size, (h, w), subset)
-            masks.append(m)
-            scores.append(s)
-    masks, scores = torch.cat(masks), torch.cat(scores)
-    return masks[scores >= request.confidence]
-
-
-def _objects(model: LoadedModel, image: np.ndarray, prompts: ImagePrompts, request: TinySamRequest) -> torch.Tensor:
+def _objects(model: LoadedModel, image, prompts: ImagePrompts, request: TinySamRequest):
     if model.is_fastsam:
-        from .fastsam import segment_with_prompts
+        from .fastsam import segment_prompted
 
-        return segment_with_prompts(model, image, int(request.size), request.confidence, request.iou,
-                                    prompts.points, prompts.labels, [xywh_to_xyxy(b) for b in prompts.boxes])
-    if model.is_sam:
-        return _sam_objects(model, image, prompts, request)
-    raise ValueError(f"model family {model.family!r} cannot take prompts")
+        found = segment_prompted(model, image, prompts, request.size, request.confidence, request.iou)
+    elif model.is_sam:
+        from .sam_prompted import segment_prompted
 
-
-def _boxes_of(masks: torch.Tensor) -> list:
-    out = []
-    for m in masks:
-        ys, xs = torch.nonzero(m, as_tuple=True)
-        if len(xs) == 0:
-            continue
-        x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
-        out.append({"x": x0, "y": y0, "width": x1 - x0 + 1, "height": y1 - y0 + 1})
-    return out
-
-
-def combined_image(image: torch.Tensor, masks: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    """Objects painted over ``image`` ``[H,W,3]`` in distinct colours, largest first."""
-    out = image.clone()
-    colours = torch.as_tensor(palette(len(masks), seed), dtype=torch.float32, device=image.device) / 255.0
-    for i, m in enumerate(masks.to(image.device)):
-        out[m] = out[m] * (1 - OVERLAY_ALPHA) + colours[i] * OVERLAY_ALPHA
-    return out
+        found = segment_prompted(model, image, prompts, request.confidence)
+    else:
+        raise ValueError(f"Tiny SAM cannot run a {model.family!r} model; load FastSAM, MobileSAM, TinySAM or SAM")
+    masks, scores = found.masks, found.scores
+    keep = masks.flatten(1).any(dim=1)
+    masks, scores = masks[keep], scores[keep]
+    if not (prompts.boxes or prompts.has_positive):  # everything mode: largest first
+        order = area_order(masks)
+        masks, scores = masks[order], scores[order]
+    return masks, scores
 
 
 def segment_with_prompts(model: LoadedModel, image: torch.Tensor, request: TinySamRequest | None = None) -> TinySamResult:
     request = (request or TinySamRequest()).validate()
     batch = as_image_batch(image)
     b, h, w, _ = batch.shape
-    per_image = parse_prompts(b, w, h, request.point_prompt, request.point_label, request.box_prompt,
-                              request.bboxes, request.positive_coords, request.negative_coords)
+    per_image = request.prompts_for(b, w, h)  # bad prompts fail before any model work
     out = runtime.output_device()
     runtime.prepare_model(model)
+
     images, unions, objects, boxes, counts = [], [], [], [], []
-    for i in range(b):
-        runtime.check_interrupt()
-        masks = _objects(model, to_uint8_rgb(batch[i]), per_image[i], request).to(out)
-        masks = masks[area_order(masks)]
-        counts.append(int(masks.shape[0]))
-        images.append(combined_image(batch[i].to(out), masks))
-        unions.append(masks.any(0).float() if len(masks) else torch.zeros((h, w), device=out))
-        objects.append(masks.float() if len(masks) else torch.zeros((1, h, w), device=out))
-        boxes.append(_boxes_of(masks))
+    bar = runtime.progress(b, "Tiny SAM")
+    try:
+        for i in range(b):
+            runtime.check_interrupt()
+            masks, scores = _objects(model, to_uint8_rgb(batch[i]), per_image[i], request)
+            counts.append(int(masks.shape[0]))
+            boxes.append(mask_boxes(masks, scores))
+            images.append(paint_objects(batch[i].to(masks.device), masks).to(out))
+            unions.append(masks.any(dim=0).to(out) if counts[-1] else torch.zeros((h, w), dtype=torch.bool, device=out))
+            if counts[-1]:
+                objects.append(masks.to(out))  # bool across the bus: a quarter of the bytes of float
+            bar.update(1)
+    finally:
+        bar.close()
+    object_masks = torch.cat(objects).float() if objects else torch.zeros((1, h, w), dtype=torch.float32, device=out)
     return TinySamResult(
         image=torch.stack(images),
-        mask=torch.stack(unions),
-        object_masks=torch.cat(objects),
-        boxes=boxes[0] if b == 1 else boxes,
+        mask=torch.stack(unions).float(),
+        object_masks=object_masks,
+        boxes=boxes,
         counts=counts,
     )

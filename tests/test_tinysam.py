@@ -59,24 +59,25 @@ def test_fal_defaults_mean_no_prompt_and_lists_are_read_per_image():
     (p,) = parse_prompts(1, W, H)
     assert p.empty
     a, b = parse_prompts(2, W, H, point_prompt="[[[10,20]], [[30,40],[50,60]]]", point_label="[[1],[1,0]]")
-    assert a.points == [(10, 20)] and b.points == [(30, 40), (50, 60)] and b.labels == [1, 0]
+    assert a.points == ((10, 20),) and b.points == ((30, 40), (50, 60)) and b.labels == (1, 0)
     (p,) = parse_prompts(1, W, H, positive_coords='[{"x": 5, "y": 6}]', negative_coords="[{'x': 7, 'y': 8}]",
                          bboxes=[{"x": 1, "y": 2, "width": 30, "height": 40}], box_prompt=[[3, 4, 10, 10]])
-    assert p.points == [(5, 6), (7, 8)] and p.labels == [1, 0]
-    assert p.boxes == [(3, 4, 10, 10), (1, 2, 30, 40)]
+    assert p.points == ((5, 6), (7, 8)) and p.labels == (1, 0)
+    # boxes come back as corners (x0, y0, x1, y1): box_prompt first, then bboxes
+    assert p.boxes == ((3, 4, 13, 14), (1, 2, 31, 42))
 
 
 @pytest.mark.parametrize(
     "kwargs,match",
     [
         (dict(point_prompt="[[10,20]", point_label="[1]"), "point_prompt is not valid JSON"),
-        (dict(point_prompt="[[10,20],[30,40]]", point_label="[1]"), "point_label has 1 labels but point_prompt has 2 points"),
+        (dict(point_prompt="[[10,20],[30,40]]", point_label="[1]"), "point_label has 1 label but point_prompt has 2 points; give one label"),
         (dict(point_prompt=f"[[{W},5]]", point_label="[1]"), "point_prompt: point .* is outside the 140x90 image"),
         (dict(point_prompt="[[10,20]]", point_label="[2]"), "1 \\(foreground\\) or 0 \\(background\\)"),
         (dict(box_prompt="[[10,10,-5,5]]"), "box_prompt: box .* has no area"),
-        (dict(box_prompt="[[1,2,3]]"), "box_prompt: each box must be \\[x, y, width, height\\]"),
+        (dict(box_prompt="[[1,2,3]]"), "box_prompt: .* Write boxes as \\[\\[x, y, width, height\\]"),
         (dict(positive_coords='[{"x": 500, "y": 5}]'), "positive_coords: point .* outside"),
-        (dict(bboxes=[{"x": 1}]), "bboxes: expected \\{x, y, width, height\\}"),
+        (dict(bboxes=[{"x": 1}]), "bboxes: .* Connect a BOUNDING_BOX: \\{x, y, width, height\\}"),
     ],
 )
 def test_bad_prompts_are_clear_errors_naming_the_input(kwargs, match):
@@ -177,4 +178,4 @@ def test_nothing_selected_gives_empty_masks_of_the_right_shape(sam_model):
     result = segment_with_prompts(sam_model, _image(), TinySamRequest(point_prompt="[[20,20]]", point_label="[1]", confidence=1.0))
     assert result.counts == [0]
     assert result.mask.shape == (1, H, W) and not result.mask.any()
-    assert result.object_masks.shape == (1, H, W) and result.boxes == []
+    assert result.object_masks.shape == (1, H, W) and result.boxes == [[]]
