@@ -133,10 +133,10 @@ def cmd_serve(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:  # the server has its own argument parser, logging and progress set-up
+        return cmd_serve(argv[1:])
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     runtime.install(progress=lambda total, label="": runtime.TerminalProgress(total, label))
-    if argv[:1] == ["serve"]:  # the server has its own argument parser
-        return cmd_serve(argv[1:])
 
     parser = argparse.ArgumentParser(prog="python -m samkit", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)

@@ -12,6 +12,8 @@ EXPECTED_NODES = {
     "SamKitSegmentationMap",
     "SamKitSegmentPicker",
     "SamKitTinySAM",
+    "SamKitFalTinySAM",
+    "SamKitFalSegmentationMap",
 }
 
 
