@@ -1,0 +1,433 @@
+// SAM Kit: a point and box editor on the Tiny SAM nodes (local and fal).
+//
+// The three STRING widgets (box_prompt, point_prompt, point_label) are the only state: the editor
+// parses them whenever they change (typing, workflow load, undo) and writes them back after each
+// edit, so saving, loading and queueing need nothing extra. Coordinates are pixels of the image
+// that feeds the node's `image` input (read from the upstream Load Image file, or that node's
+// preview), never of the on-screen canvas.
+
+import { app } from "../../../scripts/app.js";
+import { api } from "../../../scripts/api.js";
+
+// the local node and its fal twin take the same three prompt widgets
+const NODE_IDS = new Set(["SamKitTinySAM", "SamKitFalTinySAM"]);
+const EDITOR_NAME = "prompt_editor";
+const NO_POINT = "[[0,0]]"; // fal's "no prompt" sentinels
+const NO_LABEL = "[0]";
+const NO_BOX = "[[0,0,0,0]]";
+const DRAG_THRESHOLD = 5; // CSS px a press must move before it is a box rather than a click
+const HIT_RADIUS = 8; // CSS px around a point (or a box's ✕) that a click deletes
+const MIN_HEIGHT = 160;
+const HINT = "Click: + point · Right-click or Shift+click: − point · Drag: box · Click a point or a box's ✕ to remove it";
+
+// ---------------------------------------------------------------- pure helpers (exported for tests)
+
+function parseJson(text, name) {
+  const raw = String(text ?? "").trim();
+  if (!raw) return [];
+  try {
+    return JSON.parse(raw);
+  } catch {
+    throw new Error(`${name} is not valid JSON`);
+  }
+}
+
+const isNumber = (v) => typeof v === "number" && Number.isFinite(v);
+const isTuple = (v, n) => Array.isArray(v) && v.length === n && v.every(isNumber);
+
+/**
+ * Widget texts → {points: [{x, y, label}], boxes: [{x, y, w, h}]}; fal's all-zero sentinels are
+ * dropped. Throws an Error naming the widget when the text is not one flat list the editor can
+ * show (invalid JSON, per-image lists, label count mismatch): the editor then leaves it alone.
+ */
+export function parsePrompts(boxText, pointText, labelText) {
+  const pointList = parseJson(pointText, "point_prompt");
+  const labelList = parseJson(labelText, "point_label");
+  const boxList = parseJson(boxText, "box_prompt");
+  if (!Array.isArray(pointList) || !pointList.every((p) => isTuple(p, 2)))
+    throw new Error("point_prompt is not one list of [x, y] points (per-image lists are edited as text)");
+  if (!Array.isArray(labelList) || !labelList.every((l) => l === 0 || l === 1))
+    throw new Error("point_label is not one list of 1/0 labels");
+  if (labelList.length !== pointList.length)
+    throw new Error(`point_label has ${labelList.length} labels for ${pointList.length} points`);
+  if (!Array.isArray(boxList) || !boxList.every((b) => isTuple(b, 4)))
+    throw new Error("box_prompt is not one list of [x, y, w, h] boxes (per-image lists are edited as text)");
+  const points = [];
+  pointList.forEach(([x, y], i) => {
+    if (x !== 0 || y !== 0) points.push({ x, y, label: labelList[i] });
+  });
+  const boxes = boxList.filter((b) => b.some((v) => v !== 0)).map(([x, y, w, h]) => ({ x, y, w, h }));
+  return { points, boxes };
+}
+
+/** {points, boxes} → the three widget texts in fal's format (sentinels when empty). */
+export function formatPrompts({ points, boxes }) {
+  const list = (rows) => `[${rows.map((r) => `[${r.join(",")}]`).join(",")}]`;
+  return {
+    box_prompt: boxes.length ? list(boxes.map((b) => [b.x, b.y, b.w, b.h])) : NO_BOX,
+    point_prompt: points.length ? list(points.map((p) => [p.x, p.y])) : NO_POINT,
+    point_label: points.length ? `[${points.map((p) => p.label).join(",")}]` : NO_LABEL,
+  };
+}
+
+/** Where an image of width×height sits when fitted ("contain") into a view of viewW×viewH. */
+export function fitImage(width, height, viewW, viewH) {
+  const scale = Math.min(viewW / width, viewH / height);
+  return { scale, left: (viewW - width * scale) / 2, top: (viewH - height * scale) / 2 };
+}
+
+/** View position → the image pixel under it, clamped to the image; (0,0) becomes (1,0) since [0,0] means "no point". */
+export function pixelAt(fit, width, height, vx, vy) {
+  const x = Math.min(width - 1, Math.max(0, Math.floor((vx - fit.left) / fit.scale)));
+  const y = Math.min(height - 1, Math.max(0, Math.floor((vy - fit.top) / fit.scale)));
+  return x === 0 && y === 0 && width > 1 ? { x: 1, y } : { x, y };
+}
+
+/** Two view positions → an [x, y, w, h] pixel box inside the image, at least 1×1. */
+export function boxBetween(fit, width, height, a, b) {
+  const toImage = (v, off, size) => Math.min(size, Math.max(0, (v - off) / fit.scale));
+  const xs = [toImage(a.x, fit.left, width), toImage(b.x, fit.left, width)].sort((p, q) => p - q);
+  const ys = [toImage(a.y, fit.top, height), toImage(b.y, fit.top, height)].sort((p, q) => p - q);
+  const x = Math.min(width - 1, Math.round(xs[0]));
+  const y = Math.min(height - 1, Math.round(ys[0]));
+  return { x, y, w: Math.max(1, Math.round(xs[1]) - x), h: Math.max(1, Math.round(ys[1]) - y) };
+}
+
+/** A Load Image–style combo value ("sub/name.png [input]") → the server's /view URL for that file. */
+export function viewUrl(value) {
+  let name = String(value).trim();
+  let type = "input";
+  const annotated = name.match(/^(.*) \[(input|output|temp)\]$/);
+  if (annotated) [, name, type] = annotated;
+  const cut = name.lastIndexOf("/");
+  const params = new URLSearchParams({ filename: name.slice(cut + 1), type, subfolder: cut >= 0 ? name.slice(0, cut) : "" });
+  return api.apiURL(`/view?${params}`);
+}
+
+// ---------------------------------------------------------------- the editor
+
+/** The node feeding `image`, looking through legacy Reroute nodes. */
+function imageSourceNode(node) {
+  const slot = node.inputs?.findIndex((input) => input.name === "image") ?? -1;
+  let source = slot >= 0 && node.graph ? node.getInputNode(slot) : null;
+  for (let hops = 0; source && source.type === "Reroute" && hops < 32; hops++) source = source.getInputNode(0);
+  return source;
+}
+
+/** URL of the image the node will receive: the chosen file of a Load Image–style node, else its preview. */
+function imageUrlFor(node) {
+  const source = imageSourceNode(node);
+  if (!source) return null;
+  const file = source.widgets?.find((w) => w.name === "image" && w.type === "combo");
+  if (typeof file?.value === "string" && file.value) return viewUrl(file.value);
+  const preview = source.imgs?.[source.imageIndex ?? 0];
+  return preview?.src || null;
+}
+
+class PromptEditor {
+  constructor(node) {
+    this.node = node;
+    this.prompts = { points: [], boxes: [] };
+    this.error = null; // set when the widgets hold something the editor must not overwrite
+    this.widgetKey = null;
+    this.imageUrl = null;
+    this.image = null; // loaded HTMLImageElement for imageUrl
+    this.imageError = null;
+    this.press = null; // {x, y, button, shift, box} while a pointer is down
+    this.viewKey = "";
+
+    this.root = document.createElement("div");
+    Object.assign(this.root.style, {
+      display: "flex", flexDirection: "column", gap: "2px", boxSizing: "border-box",
+      userSelect: "none", font: "11px sans-serif", color: "var(--input-text, #ddd)",
+    });
+    this.root.dataset.samkitEditor = "";
+    const bar = document.createElement("div");
+    Object.assign(bar.style, { display: "flex", alignItems: "center", gap: "6px", minHeight: "20px" });
+    this.status = document.createElement("span");
+    Object.assign(this.status.style, { flex: "1", overflow: "hidden", textOverflow: "ellipsis", whiteSpace: "nowrap" });
+    this.clearButton = document.createElement("button");
+    this.clearButton.textContent = "Clear";
+    this.clearButton.title = "Remove every point and box";
+    Object.assign(this.clearButton.style, { font: "inherit", padding: "1px 8px", cursor: "pointer" });
+    this.clearButton.addEventListener("click", () => this.commit({ points: [], boxes: [] }));
+    bar.append(this.status, this.clearButton);
+
+    this.frame = document.createElement("div");
+    Object.assign(this.frame.style, { flex: "1", minHeight: "0", position: "relative" });
+    this.canvas = document.createElement("canvas");
+    Object.assign(this.canvas.style, {
+      position: "absolute", inset: "0", width: "100%", height: "100%", cursor: "crosshair",
+      touchAction: "none", background: "rgba(0,0,0,0.25)", borderRadius: "4px",
+    });
+    this.canvas.title = HINT;
+    this.frame.append(this.canvas);
+    const hint = document.createElement("div");
+    hint.textContent = HINT;
+    Object.assign(hint.style, { opacity: "0.7", lineHeight: "1.3" });
+    this.root.append(bar, this.frame, hint);
+
+    this.canvas.addEventListener("pointerdown", (e) => this.onPointerDown(e));
+    this.canvas.addEventListener("pointermove", (e) => this.onPointerMove(e));
+    this.canvas.addEventListener("pointerup", (e) => this.onPointerUp(e));
+    this.canvas.addEventListener("pointercancel", () => { this.press = null; this.draw(); });
+    this.canvas.addEventListener("contextmenu", (e) => { e.preventDefault(); e.stopPropagation(); });
+    this.resizeObserver = new ResizeObserver(() => this.draw());
+    this.resizeObserver.observe(this.frame);
+  }
+
+  widget(name) {
+    return this.node.widgets?.find((w) => w.name === name);
+  }
+
+  /** Re-read the widgets and the image source; cheap when nothing changed (runs on every node draw). */
+  sync() {
+    const texts = ["box_prompt", "point_prompt", "point_label"].map((n) => String(this.widget(n)?.value ?? ""));
+    const key = texts.join("\n");
+    let changed = false;
+    if (key !== this.widgetKey) {
+      this.widgetKey = key;
+      try {
+        this.prompts = parsePrompts(...texts);
+        this.error = null;
+      } catch (err) {
+        this.error = err.message;
+      }
+      changed = true;
+    }
+    const url = imageUrlFor(this.node);
+    if (url !== this.imageUrl) {
+      this.imageUrl = url;
+      this.image = null;
+      this.imageError = null;
+      if (url) {
+        const img = new Image();
+        img.onload = () => { if (this.imageUrl === url) { this.image = img; this.draw(); } };
+        img.onerror = () => { if (this.imageUrl === url) { this.imageError = "could not load the input image"; this.draw(); } };
+        img.src = url;
+      }
+      changed = true;
+    }
+    const view = this.viewSize();
+    if (changed || `${view.w}x${view.h}` !== this.viewKey) this.draw();
+  }
+
+  viewSize() {
+    return { w: this.frame.clientWidth, h: this.frame.clientHeight };
+  }
+
+  fit() {
+    const view = this.viewSize();
+    if (!this.image || view.w < 1 || view.h < 1) return null;
+    return fitImage(this.image.naturalWidth, this.image.naturalHeight, view.w, view.h);
+  }
+
+  /** Pointer event → position in the canvas' own CSS pixels (the node may be zoomed by a CSS transform). */
+  viewPos(e) {
+    const rect = this.canvas.getBoundingClientRect();
+    const view = this.viewSize();
+    return { x: ((e.clientX - rect.left) * view.w) / rect.width, y: ((e.clientY - rect.top) * view.h) / rect.height };
+  }
+
+  toView(fit, x, y) {
+    return { x: fit.left + x * fit.scale, y: fit.top + y * fit.scale };
+  }
+
+  insideImage(fit, p) {
+    const { naturalWidth: w, naturalHeight: h } = this.image;
+    return p.x >= fit.left && p.y >= fit.top && p.x < fit.left + w * fit.scale && p.y < fit.top + h * fit.scale;
+  }
+
+  /** The point or box ✕ under a view position, as {kind, index}. */
+  hitTest(fit, p) {
+    const near = (q) => Math.hypot(q.x - p.x, q.y - p.y) <= HIT_RADIUS;
+    // centre of a point's pixel, as drawn
+    const pointIndex = this.prompts.points.findLastIndex((pt) => near(this.toView(fit, pt.x + 0.5, pt.y + 0.5)));
+    if (pointIndex >= 0) return { kind: "points", index: pointIndex };
+    const boxIndex = this.prompts.boxes.findLastIndex((b) => near(this.closeHandle(fit, b)));
+    if (boxIndex >= 0) return { kind: "boxes", index: boxIndex };
+    return null;
+  }
+
+  closeHandle(fit, box) {
+    const corner = this.toView(fit, box.x + box.w, box.y);
+    return { x: corner.x - 7, y: corner.y + 7 };
+  }
+
+  onPointerDown(e) {
+    if ((e.button !== 0 && e.button !== 2) || this.error || !this.fit()) return;
+    this.canvas.setPointerCapture(e.pointerId);
+    this.press = { ...this.viewPos(e), button: e.button, shift: e.shiftKey, box: null };
+  }
+
+  onPointerMove(e) {
+    const press = this.press;
+    const fit = this.fit();
+    if (!press || !fit || press.button !== 0) return;
+    const p = this.viewPos(e);
+    if (!press.box && Math.hypot(p.x - press.x, p.y - press.y) < DRAG_THRESHOLD) return;
+    if (!this.insideImage(fit, press)) return; // a box starts on the image
+    press.box = boxBetween(fit, this.image.naturalWidth, this.image.naturalHeight, press, p);
+    this.draw();
+  }
+
+  onPointerUp(e) {
+    const press = this.press;
+    this.press = null;
+    const fit = this.fit();
+    if (!press || !fit) return;
+    const { points, boxes } = this.prompts;
+    if (press.box) {
+      this.commit({ points, boxes: [...boxes, press.box] });
+      return;
+    }
+    const p = this.viewPos(e);
+    const hit = this.hitTest(fit, press);
+    if (hit) {
+      const next = { points: [...points], boxes: [...boxes] };
+      next[hit.kind].splice(hit.index, 1);
+      this.commit(next);
+    } else if (this.insideImage(fit, p)) {
+      const pixel = pixelAt(fit, this.image.naturalWidth, this.image.naturalHeight, p.x, p.y);
+      const label = press.button === 2 || press.shift || e.shiftKey ? 0 : 1;
+      this.commit({ points: [...points, { ...pixel, label }], boxes });
+    } else {
+      this.draw();
+    }
+  }
+
+  /** Write prompts to the widgets (the source of truth) and show them. */
+  commit(prompts) {
+    const texts = formatPrompts(prompts);
+    for (const [name, text] of Object.entries(texts)) {
+      const w = this.widget(name);
+      if (!w || w.value === text) continue;
+      w.value = text;
+      w.callback?.(text, app.canvas, this.node);
+    }
+    this.node.setDirtyCanvas?.(true, true);
+    this.sync();
+    this.draw();
+  }
+
+  draw() {
+    const view = this.viewSize();
+    this.viewKey = `${view.w}x${view.h}`;
+    const ratio = window.devicePixelRatio || 1;
+    const cw = Math.max(1, Math.round(view.w * ratio));
+    const ch = Math.max(1, Math.round(view.h * ratio));
+    if (this.canvas.width !== cw || this.canvas.height !== ch) {
+      this.canvas.width = cw;
+      this.canvas.height = ch;
+    }
+    const ctx = this.canvas.getContext("2d");
+    ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+    ctx.clearRect(0, 0, view.w, view.h);
+    this.updateStatus();
+    const fit = this.fit();
+    if (!fit) {
+      ctx.fillStyle = "#aaa";
+      ctx.font = "12px sans-serif";
+      ctx.textAlign = "center";
+      const message = this.imageError ?? (this.imageUrl ? "loading image…" : "Connect a Load Image node to 'image' to place prompts here");
+      ctx.fillText(message, view.w / 2, view.h / 2, Math.max(10, view.w - 16));
+      return;
+    }
+    const { naturalWidth: w, naturalHeight: h } = this.image;
+    ctx.imageSmoothingEnabled = fit.scale < 1;
+    ctx.drawImage(this.image, fit.left, fit.top, w * fit.scale, h * fit.scale);
+    const boxes = this.press?.box ? [...this.prompts.boxes, this.press.box] : this.prompts.boxes;
+    boxes.forEach((b, i) => {
+      const a = this.toView(fit, b.x, b.y);
+      ctx.lineWidth = 2;
+      ctx.strokeStyle = "#3fa9ff";
+      ctx.fillStyle = "rgba(63,169,255,0.15)";
+      ctx.fillRect(a.x, a.y, b.w * fit.scale, b.h * fit.scale);
+      ctx.strokeRect(a.x, a.y, b.w * fit.scale, b.h * fit.scale);
+      if (i < this.prompts.boxes.length) {
+        const c = this.closeHandle(fit, b);
+        ctx.fillStyle = "#3fa9ff";
+        ctx.fillRect(c.x - 6, c.y - 6, 12, 12);
+        ctx.strokeStyle = "#fff";
+        ctx.lineWidth = 1.5;
+        ctx.beginPath();
+        ctx.moveTo(c.x - 3, c.y - 3); ctx.lineTo(c.x + 3, c.y + 3);
+        ctx.moveTo(c.x + 3, c.y - 3); ctx.lineTo(c.x - 3, c.y + 3);
+        ctx.stroke();
+      }
+    });
+    for (const pt of this.prompts.points) {
+      const c = this.toView(fit, pt.x + 0.5, pt.y + 0.5);
+      ctx.beginPath();
+      ctx.arc(c.x, c.y, 6, 0, 2 * Math.PI);
+      ctx.fillStyle = pt.label === 1 ? "#2ecc40" : "#ff4136";
+      ctx.fill();
+      ctx.lineWidth = 1.5;
+      ctx.strokeStyle = "#fff";
+      ctx.stroke();
+      ctx.beginPath(); // + or − inside the dot
+      ctx.moveTo(c.x - 3, c.y); ctx.lineTo(c.x + 3, c.y);
+      if (pt.label === 1) { ctx.moveTo(c.x, c.y - 3); ctx.lineTo(c.x, c.y + 3); }
+      ctx.stroke();
+    }
+  }
+
+  updateStatus() {
+    const { points, boxes } = this.prompts;
+    const positive = points.filter((p) => p.label === 1).length;
+    const linked = ["box_prompt", "point_prompt", "point_label"].filter(
+      (n) => this.node.inputs?.find((input) => input.name === n)?.link != null);
+    let text;
+    if (this.error) text = `⚠ ${this.error}: edit the text, or Clear`;
+    else {
+      const size = this.image ? `${this.image.naturalWidth}×${this.image.naturalHeight} · ` : "";
+      text = `${size}${positive} + / ${points.length - positive} − points · ${boxes.length} box${boxes.length === 1 ? "" : "es"}`;
+      if (linked.length) text += ` · ${linked.join(", ")} linked: the link wins`;
+    }
+    this.status.textContent = text;
+    this.status.title = text;
+    this.root.dataset.state = JSON.stringify({ ...this.prompts, error: this.error });
+  }
+
+  remove() {
+    this.resizeObserver.disconnect();
+  }
+}
+
+function chain(object, method, after) {
+  const original = object[method];
+  object[method] = function (...args) {
+    const result = original?.apply(this, args);
+    after.apply(this, args);
+    return result;
+  };
+}
+
+app.registerExtension({
+  name: "comfyui-sam-kit.TinySamPromptEditor",
+
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (!NODE_IDS.has(nodeData?.name)) return;
+    // after a workflow load the widgets hold the saved prompts: show them straight away
+    chain(nodeType.prototype, "onConfigure", function () { this.samkitEditor?.sync(); });
+  },
+
+  async nodeCreated(node) {
+    if (!NODE_IDS.has(node.comfyClass) || node.samkitEditor) return;
+    const editor = new PromptEditor(node);
+    node.samkitEditor = editor;
+    const widget = node.addDOMWidget(EDITOR_NAME, "samkit_prompt_editor", editor.root, {
+      serialize: false, // the STRING widgets carry the prompts; this one adds nothing to the workflow or prompt
+      getValue: () => "",
+      setValue: () => {},
+      getMinHeight: () => MIN_HEIGHT,
+      onDraw: () => editor.sync(),
+    });
+    widget.serialize = false;
+    chain(node, "onRemoved", () => editor.remove());
+    chain(node, "onConnectionsChange", () => requestAnimationFrame(() => editor.sync()));
+    const [width, height] = node.size;
+    node.setSize([Math.max(width, 360), Math.max(height, node.computeSize()[1] + 140)]);
+    requestAnimationFrame(() => editor.sync());
+  },
+});
