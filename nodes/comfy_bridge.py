@@ -143,4 +143,9 @@ register_model_folder()
 if IN_COMFY:
     from ..samkit import registry
 
+    from ..samkit.fal import keys as fal_keys
+
     registry.set_folder_provider(model_folders)
+    # ComfyUI/user/comfyui-sam-kit/fal.ini is searched too (outside the pack and any workflow)
+    if hasattr(folder_paths, "get_user_directory"):
+        fal_keys.set_config_dir_provider(folder_paths.get_user_directory)
