@@ -9,6 +9,7 @@ shared workflow or PNG never carries a key.
 from __future__ import annotations
 
 from . import comfy_bridge  # noqa: F401  (installs the ComfyUI runtime hooks)
+from .prompt_inputs import linked_prompt_inputs
 from ..samkit.fal import remote
 from ..samkit.fal.keys import list_targets
 from ..samkit.tinysam import TinySamRequest
@@ -70,18 +71,7 @@ class SamKitFalTinySAM:
                                            "tooltip": "One label per point: 1 = foreground, 0 = background."}),
                 "endpoint": _endpoint_input(),
             },
-            "optional": {
-                "bboxes": ("BOUNDING_BOX", {"forceInput": True,
-                                            "tooltip": "Boxes from another node ({x, y, width, height}, a list, or one "
-                                                       "list per image), added to box_prompt."}),
-                "positive_coords": ("STRING", {"forceInput": True,
-                                               "tooltip": "Foreground points as JSON [{\"x\": .., \"y\": ..}] (KJNodes "
-                                                          "PointsEditor), added to point_prompt."}),
-                "negative_coords": ("STRING", {"forceInput": True,
-                                               "tooltip": "Background points as JSON [{\"x\": .., \"y\": ..}] (KJNodes "
-                                                          "PointsEditor), added to point_prompt."}),
-                "timeout": _timeout_input(),
-            },
+            "optional": {**linked_prompt_inputs(), "timeout": _timeout_input()},
         }
 
     def run(self, image, size, confidence, box_prompt, point_prompt, point_label, endpoint,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from . import comfy_bridge  # noqa: F401  (installs the ComfyUI runtime hooks)
+from .prompt_inputs import linked_prompt_inputs
 from ..samkit.tinysam import TinySamRequest, segment_with_prompts
 
 _D = TinySamRequest()
@@ -56,17 +57,7 @@ class SamKitTinySAM:
                                            "tooltip": "One label per point of point_prompt: 1 = foreground (this object), "
                                                       "0 = background (not this). Set 1 for a click you want segmented."}),
             },
-            "optional": {
-                "bboxes": ("BOUNDING_BOX", {"forceInput": True,
-                                            "tooltip": "Boxes from another node ({x, y, width, height}, a list, or one list "
-                                                       "per image), added to box_prompt."}),
-                "positive_coords": ("STRING", {"forceInput": True,
-                                               "tooltip": "Foreground points as JSON [{\"x\": .., \"y\": ..}] (KJNodes "
-                                                          "PointsEditor), added to point_prompt."}),
-                "negative_coords": ("STRING", {"forceInput": True,
-                                               "tooltip": "Background points as JSON [{\"x\": .., \"y\": ..}] (KJNodes "
-                                                          "PointsEditor), added to point_prompt."}),
-            },
+            "optional": linked_prompt_inputs(),
         }
 
     def run(self, model, image, size, confidence, iou, box_prompt, point_prompt, point_label,
