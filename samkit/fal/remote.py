@@ -96,7 +96,7 @@ def decode_result(data: bytes, request_id: str) -> RemoteImage:
                 pixels = np.asarray(rgba.convert("RGB")).copy()
             else:
                 pixels = np.asarray(img.convert("RGB")).copy()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+    except (UnidentifiedImageError, OSError, ImportError, Image.DecompressionBombError) as exc:  # ImportError: see server.py
         raise FalDownloadError(f"the result file of request {request_id} is not a readable image "
                                f"({type(exc).__name__})", request_id=request_id) from None
     return RemoteImage(request_id, pixels, alpha, lossless)

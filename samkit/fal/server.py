@@ -145,7 +145,9 @@ class JobContext:
                 if w * h > self._settings.max_image_pixels:
                     raise InputError(f"image is {w}x{h}; this server takes at most {self._settings.max_image_pixels} pixels", name)
                 rgb = np.array(img.convert("RGB"))  # a writable copy: torch warns about read-only arrays
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+        # ImportError: once ultralytics is imported it patches Image.open to retry unreadable
+        # files as HEIF, which fails with ModuleNotFoundError when pi-heif is not installed
+        except (UnidentifiedImageError, OSError, ImportError, Image.DecompressionBombError):
             raise InputError(f"Could not load image from {name}: not a readable image", name) from None
         return from_uint8_rgb(rgb)
 
