@@ -14,9 +14,10 @@ Sections (each prints times, the ratio, and peak memory of both sides):
 (d) the remote node's overhead versus bare HTTP round trips against the self-hosted endpoint.
 
 Weights are synthetic (no real weights can be downloaded here); the architectures are the real
-full-size ones, so the arithmetic is. With random weights almost no mask passes SAM's filters and
-post-processing would cost nothing, so the decoder's output layers are scaled (as in
-tests/test_automask.py) until a realistic number of masks passes; the count is printed.
+full-size ones, so the arithmetic is. Post-processing cost depends on how many masks pass the
+filters and what they look like, so the SAM checkpoint is calibrated to the benchmark scene
+(``bench/checkpoints.py``): its decoder's output layers are fitted so masks are object-shaped blobs
+and a realistic share passes SAM's default thresholds. Each stage's count is printed.
 """
 
 from __future__ import annotations
@@ -30,59 +31,24 @@ import numpy as np
 import torch
 
 from . import common
+from .checkpoints import fastsam_checkpoint, sam_checkpoint
+from .scenes import make_scene
 from .common import fmt_s, measure_memory, timed
 
 common.ensure_repo_on_path()
 
 from samkit import loader  # noqa: E402
-from samkit.automask import AutoMaskSettings, generate_segments  # noqa: E402
+from samkit.automask import AutoMaskSettings, FilterCounts, generate_segments  # noqa: E402
 from samkit.painting import paint_segments  # noqa: E402
 
 
 # ------------------------------------------------------------------ inputs
 
 
-def shapes_image(height: int, width: int, seed: int = 0) -> np.ndarray:
-    """Many flat and noisy shapes on a gradient: enough objects for everything mode to find."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width]
-    img = np.stack([xx * 200 / width, yy * 200 / height, np.full_like(xx, 90.0)], -1)
-    for _ in range(40):
-        cy, cx = rng.uniform(0, height), rng.uniform(0, width)
-        ry, rx = rng.uniform(0.03, 0.12) * height, rng.uniform(0.03, 0.12) * width
-        inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1 if rng.uniform() < 0.5 else \
-            (abs(yy - cy) <= ry) & (abs(xx - cx) <= rx)
-        img[inside] = rng.uniform(0, 255, 3) + rng.normal(0, 6, (int(inside.sum()), 3))
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def build_sam(arch: str, seed: int = 0):
-    from samkit.loader import SamConfig
-    from samkit.loader import build_sam as build
-
-    torch.manual_seed(seed)
-    if arch == "vit_t":
-        from samkit.tiny_vit import TinyViTConfig
-
-        config = SamConfig(encoder="tiny_vit", encoder_kwargs=tuple(sorted(vars(TinyViTConfig()).items())),
-                           prompt_embed_dim=256, image_size=1024, mask_in_chans=16, decoder_depth=2,
-                           decoder_mlp_dim=2048, num_multimask_outputs=3, iou_head_depth=3, iou_head_hidden_dim=256)
-    else:
-        from segment_anything import sam_model_registry
-
-        return _realistic(sam_model_registry[arch]().eval())
-    return _realistic(build(config).eval())
-
-
-def _realistic(sam):
-    # Random weights give logits near 0 (nothing passes the filters). Scaling the output layers
-    # spreads logits and predicted IoUs so that, like a real model, tens of masks pass.
-    with torch.no_grad():
-        for mlp in sam.mask_decoder.output_hypernetworks_mlps:
-            mlp.layers[-1].weight.mul_(40.0)
-        sam.mask_decoder.iou_prediction_head.layers[-1].weight.mul_(4.0)
-        sam.mask_decoder.iou_prediction_head.layers[-1].bias.add_(0.5)
-    return sam
+def load_sam(path: Path, device: torch.device):
+    """The benchmark checkpoint through the pack's own loader (the runner both sides share)."""
+    model = loader.load_model(str(path), device="gpu" if device.type == "cuda" else "cpu", precision="fp32")
+    return model.runner
 
 
 # ------------------------------------------------------------------ (a) seg map
@@ -123,12 +89,14 @@ def bench_segmap(sam, image: np.ndarray, pps: int, device: torch.device, pred_io
     with measure_memory(device) as ref_mem:
         (records, ref_map), ref_s = timed(lambda: (lambda r: (r, paint_reference(r, h, w)))(
             SamAutomaticMaskGenerator(sam, **settings.reference_kwargs()).generate(image)), device)
+    counts = FilterCounts()
     with measure_memory(device) as our_mem:
         (segments, our_map), our_s = timed(lambda: (lambda s: (s, paint_segments(s.masks, seed=0)))(
-            generate_segments(sam, image, settings)), device)
+            generate_segments(sam, image, settings, counts)), device)
     matched, mean_iou = matched_ious(segments.masks, records)
     return dict(ref_s=ref_s, ours_s=our_s, speedup=ref_s / our_s, ref_count=len(records), our_count=len(segments),
-                matched=matched, mean_iou=mean_iou, ref_mem=ref_mem.describe(), our_mem=our_mem.describe())
+                matched=matched, mean_iou=mean_iou, ref_mem=ref_mem.describe(), our_mem=our_mem.describe(),
+                counts=counts.describe())
 
 
 # ------------------------------------------------------------------ (b) prompt edit
@@ -157,24 +125,6 @@ def bench_prompt_edit(model, image: np.ndarray, device: torch.device) -> dict:
 
 
 # ------------------------------------------------------------------ (c) FastSAM
-
-
-def build_fastsam(path: Path, scale: str) -> Path:
-    """A FastSAM-format checkpoint of YOLOv8-seg at ``scale`` (random weights, detection head biased
-    so a realistic number of boxes pass the confidence threshold)."""
-    from ultralytics.nn.tasks import SegmentationModel
-    from ultralytics.utils import DEFAULT_CFG_DICT
-
-    torch.manual_seed(0)
-    model = SegmentationModel(f"yolov8{scale}-seg.yaml", nc=1, verbose=False)
-    with torch.no_grad():
-        for conv in model.model[-1].cv3:  # class-score branches: logits around 0 -> ~half pass 0.4
-            conv[-1].bias.fill_(0.0)
-    model.names = {0: "object"}
-    torch.save({"epoch": -1, "best_fitness": None, "model": model.half(), "ema": None, "updates": None,
-                "optimizer": None, "train_args": {**DEFAULT_CFG_DICT, "task": "segment", "single_cls": True},
-                "version": "8.4.190"}, path)
-    return path
 
 
 def bench_fastsam(path: Path, image: np.ndarray, size: int, device: torch.device) -> dict:
@@ -267,10 +217,9 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", default="vit_t", choices=["vit_t", "vit_b", "vit_l", "vit_h"])
     parser.add_argument("--size", default="768x1024", help="image HxW (default 768x1024)")
     parser.add_argument("--points-per-side", type=int, default=32)
-    # synthetic weights score their own masks lower than a real model: thresholds below SAM's
-    # defaults (0.88 / 0.95) let a realistic number of masks through; the count is printed
-    parser.add_argument("--pred-iou-thresh", type=float, default=0.5)
-    parser.add_argument("--stability-score-thresh", type=float, default=0.6)
+    # SAM's defaults: the calibrated checkpoints (bench/checkpoints.py) are fitted to them
+    parser.add_argument("--pred-iou-thresh", type=float, default=0.88)
+    parser.add_argument("--stability-score-thresh", type=float, default=0.95)
     parser.add_argument("--fastsam-scale", default="s", choices=["n", "s", "x"])
     parser.add_argument("--skip", default="", help="comma-separated sections to skip: segmap,prompt,fastsam,remote")
     args = parser.parse_args(argv)
@@ -278,20 +227,21 @@ def main(argv=None) -> int:
         args.size, args.points_per_side = "512x512", 16
     device = common.setup(args)
     h, w = (int(v) for v in args.size.lower().split("x"))
-    image = shapes_image(h, w)
+    scene = make_scene(h, w, seed=0)
+    image = scene.image
     skip = set(filter(None, args.skip.split(",")))
     rows = []
     print(f"# SAM Kit vs reference, {args.arch}, image {h}x{w}, {common.environment()}")
     with tempfile.TemporaryDirectory(prefix="samkit-bench-") as tmp:
-        sam = build_sam(args.arch).to(device)
-        sam_path = Path(tmp) / f"bench_{args.arch}.pth"
-        torch.save(sam.state_dict(), sam_path)
+        sam_path = sam_checkpoint(args.arch, scene, {"h": h, "w": w, "seed": 0}, args.cache_dir)
+        sam = load_sam(sam_path, device)
         if "segmap" not in skip:
             r = bench_segmap(sam, image, args.points_per_side, device, args.pred_iou_thresh, args.stability_score_thresh)
             print(f"(a) seg map, {args.points_per_side}x{args.points_per_side} points: reference {fmt_s(r['ref_s'])} "
                   f"({r['ref_count']} masks, {r['ref_mem']}), ours {fmt_s(r['ours_s'])} ({r['our_count']} masks, "
                   f"{r['our_mem']}); {r['speedup']:.1f}x faster; matched {r['matched']}/{r['ref_count']}, "
                   f"mean IoU {r['mean_iou']:.3f}")
+            print(f"    ours: {r['counts']}")
             rows.append(("seg map vs SamAutomaticMaskGenerator + painting", f"{fmt_s(r['ref_s'])} / {fmt_s(r['ours_s'])}",
                          f"{r['speedup']:.1f}x faster", f"{r['matched']}/{r['ref_count']} masks matched, IoU {r['mean_iou']:.3f}; "
                          f"{r['ref_mem']} / {r['our_mem']}"))
@@ -307,8 +257,11 @@ def main(argv=None) -> int:
         again = loader.load_model(str(sam_path), device=args.loader_device, precision=args.precision)
         print(f"    repeated load: same model object {again is loaded}, loads {loader.load_count - loads}")
         if "fastsam" not in skip:
-            fs_path = build_fastsam(Path(tmp) / f"FastSAM-bench-{args.fastsam_scale}.pt", args.fastsam_scale)
             fs_size = 640 if args.quick else 1024
+            # class biases set so ~60 instances pass confidence 0.4 on this image, as a real
+            # FastSAM finds on a busy photo (untrained, either none or max_det=300 would)
+            fs_path = fastsam_checkpoint(image, {"h": h, "w": w, "seed": 0}, args.cache_dir, scale=args.fastsam_scale,
+                                         imgsz=fs_size)
             r = bench_fastsam(fs_path, image, fs_size, device)
             print(f"(c) FastSAM-{args.fastsam_scale} at {fs_size}: bare ultralytics {fmt_s(r['bare_s'])} ({r['bare_mem']}), "
                   f"ours {fmt_s(r['ours_s'])} ({r['our_mem']}); overhead {100 * r['overhead']:+.1f}% "

@@ -5,8 +5,10 @@ The algorithm (point grid → mask decoder → predicted-IoU filter → stabilit
 NMS, optionally over crop layers, then small-region clean-up) and its thresholds are the
 reference's, so a checkpoint gives the same segments. What changes is where the work goes:
 
-* the predicted-IoU filter runs before any upsampling (the reference upsamples every mask
-  of every batch to full size first, then throws most away);
+* the decoder's image-side work is shared by all prompts of a batch, and the predicted-IoU
+  filter runs before any mask exists: only the survivors' features are upsampled
+  (``point_decoder``; the reference makes every mask of every prompt, upsamples each to full
+  size, then throws most away);
 * surviving masks are upsampled in small chunks on the model's device, scored and boxed
   there, and only their low-resolution logits are kept — no run-length encoding on the CPU,
   and memory stays bounded on large images;
@@ -24,6 +26,7 @@ import torch.nn.functional as F
 from torchvision.ops.boxes import batched_nms, box_area
 
 from . import runtime
+from .point_decoder import decode_point_tokens, masks_for
 
 # Pure helpers from the reference implementation: reusing them keeps the grid, crop boxes and
 # box maths identical to segment-anything's.
@@ -116,6 +119,20 @@ class Segments:
 _UPSAMPLE_CHUNK = 16
 
 
+@dataclass
+class FilterCounts:
+    """How many masks each stage let through (summed over crops): what post-processing cost."""
+
+    candidates: int = 0
+    passed_pred_iou: int = 0
+    passed_stability: int = 0
+    kept: int = 0
+
+    def describe(self) -> str:
+        return (f"{self.candidates} candidate masks → {self.passed_pred_iou} pass pred-IoU → "
+                f"{self.passed_stability} pass stability → {self.kept} kept")
+
+
 def _upsample(sam: Sam, low_res: torch.Tensor, input_size: tuple, original_size: tuple) -> torch.Tensor:
     """Low-res logits ``[n,h,w]`` → logits at ``original_size``, exactly as ``Sam.postprocess_masks``."""
     return sam.postprocess_masks(low_res[:, None].float(), input_size, original_size)[:, 0]
@@ -183,6 +200,7 @@ def _process_crop(
     grids: list,
     settings: AutoMaskSettings,
     on_batch,
+    counts: FilterCounts,
 ):
     x0, y0, x1, y1 = crop_box
     crop = np.ascontiguousarray(image[y0:y1, x0:x1, :])
@@ -191,7 +209,6 @@ def _process_crop(
     device = features.device
     dtype = features.dtype
     transform = ResizeLongestSide(sam.image_encoder.img_size)
-    dense_pe = sam.prompt_encoder.get_dense_pe()
     threshold = sam.mask_threshold
     orig_h, orig_w = orig_size
 
@@ -202,23 +219,22 @@ def _process_crop(
         points = points_for_image[start : start + settings.points_per_batch]
         coords = torch.as_tensor(transform.apply_coords(points, crop_size), device=device)
         labels = torch.ones(coords.shape[0], dtype=torch.int, device=device)
-        sparse, dense = sam.prompt_encoder(points=(coords[:, None, :], labels[:, None]), boxes=None, masks=None)
-        low_res, iou_pred = sam.mask_decoder(
-            image_embeddings=features,
-            image_pe=dense_pe,
-            sparse_prompt_embeddings=sparse.to(dtype),
-            dense_prompt_embeddings=dense.to(dtype),
-            multimask_output=True,
-        )
-        n_out = low_res.shape[1]
-        low_res = low_res.flatten(0, 1).float()
-        iou_pred = iou_pred.flatten(0, 1).float()
+        sparse, _ = sam.prompt_encoder(points=(coords[:, None, :], labels[:, None]), boxes=None, masks=None)
+        tokens = decode_point_tokens(sam, features, sparse.to(dtype))
+        n_prompts, n_out = tokens.iou_pred.shape
+        counts.candidates += n_prompts * n_out
+        iou_pred = tokens.iou_pred.flatten().float()
+        prompt_idx = torch.arange(n_prompts, device=device).repeat_interleave(n_out)
+        output_idx = torch.arange(n_out, device=device).repeat(n_prompts)
         pts = torch.as_tensor(points, dtype=torch.float32, device=device).repeat_interleave(n_out, dim=0)
 
-        # 1. predicted-IoU filter: needs no mask at all
+        # 1. predicted-IoU filter: needs no mask at all, so masks are only made for the survivors
         if settings.pred_iou_thresh > 0.0:
             keep = iou_pred > settings.pred_iou_thresh
-            low_res, iou_pred, pts = low_res[keep], iou_pred[keep], pts[keep]
+            iou_pred, pts, prompt_idx, output_idx = iou_pred[keep], pts[keep], prompt_idx[keep], output_idx[keep]
+        counts.passed_pred_iou += len(iou_pred)
+        low_res = masks_for(sam, tokens, prompt_idx, output_idx).float()
+        del tokens
 
         # 2. stability and boxes on full-size logits, a chunk at a time
         for c in range(0, low_res.shape[0], _UPSAMPLE_CHUNK):
@@ -228,6 +244,7 @@ def _process_crop(
             keep = stability >= settings.stability_score_thresh if settings.stability_score_thresh > 0.0 else (
                 torch.ones_like(stability, dtype=torch.bool)
             )
+            counts.passed_stability += int(keep.sum())
             if not bool(keep.any()):
                 continue
             boxes = batched_mask_to_box(logits[keep] > threshold)
@@ -300,8 +317,13 @@ def _postprocess_small_regions(segments: Segments, min_area: int, nms_thresh: fl
     )
 
 
-def generate_segments(sam: Sam, image: np.ndarray, settings: Optional[AutoMaskSettings] = None) -> Segments:
-    """Segment everything in one RGB uint8 ``[H,W,3]`` image."""
+def generate_segments(sam: Sam, image: np.ndarray, settings: Optional[AutoMaskSettings] = None,
+                      counts: Optional[FilterCounts] = None) -> Segments:
+    """Segment everything in one RGB uint8 ``[H,W,3]`` image.
+
+    ``counts``, when given, is filled with how many masks passed each filter.
+    """
+    counts = counts if counts is not None else FilterCounts()
     settings = (settings or AutoMaskSettings()).validate()
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError("generate_segments expects an RGB uint8 array of shape [H, W, 3]")
@@ -316,7 +338,8 @@ def generate_segments(sam: Sam, image: np.ndarray, settings: Optional[AutoMaskSe
     bar = runtime.progress(total_batches, "segmenting")
     crops = []
     for crop_box, layer_idx in zip(crop_boxes, layer_idxs):
-        crop = _process_crop(sam, image, crop_box, layer_idx, orig_size, grids, settings, lambda: bar.update(1))
+        crop = _process_crop(sam, image, crop_box, layer_idx, orig_size, grids, settings, lambda: bar.update(1),
+                             counts)
         if crop is not None and len(crop["iou"]):
             crops.append(crop)
     bar.close()
@@ -357,4 +380,5 @@ def generate_segments(sam: Sam, image: np.ndarray, settings: Optional[AutoMaskSe
         segments = _postprocess_small_regions(
             segments, settings.min_mask_region_area, max(settings.box_nms_thresh, settings.crop_nms_thresh)
         )
+    counts.kept = len(segments)
     return segments

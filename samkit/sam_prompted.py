@@ -35,6 +35,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 
 from .embedding_cache import EmbeddingCache, ImageEmbedding, embeddings, image_digest, model_token
 from .models import LoadedModel
+from .point_decoder import decode_point_tokens, masks_for
 from .prompts import ImagePrompts
 
 # Masks upsampled to full size at once: bounds peak memory to about chunk × H × W × 4 bytes.
@@ -151,19 +152,14 @@ def decode_objects(sam, embedding: ImageEmbedding, objects: list[ObjectPrompt], 
             boxes = transform.apply_boxes(np.array([objects[i].box for i in members], dtype=np.float64), embedding.original_size)
             box_arg = torch.as_tensor(boxes, dtype=torch.float, device=device)
         with autocast_for(device, dtype):
-            sparse, dense = sam.prompt_encoder(points=point_arg, boxes=box_arg, masks=None)
-            low_res, quality = sam.mask_decoder(
-                image_embeddings=features,
-                image_pe=sam.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=multimask,
-            )
-        quality = quality.float()
-        rows = torch.arange(len(members), device=device)
-        best = quality.argmax(dim=1) if multimask else torch.zeros(len(members), dtype=torch.long, device=device)
+            sparse, _ = sam.prompt_encoder(points=point_arg, boxes=box_arg, masks=None)
+            tokens = decode_point_tokens(sam, features, sparse.to(features.dtype), multimask)
+            quality = tokens.iou_pred.float()
+            rows = torch.arange(len(members), device=device)
+            best = quality.argmax(dim=1) if multimask else torch.zeros(len(members), dtype=torch.long, device=device)
+            low_res = masks_for(sam, tokens, rows, best)  # only the chosen output of each object
         index = torch.as_tensor(members, device=device)
-        masks[index] = _upsampled(sam, low_res[rows, best], embedding.input_size, embedding.original_size)
+        masks[index] = _upsampled(sam, low_res, embedding.input_size, embedding.original_size)
         scores[index] = quality[rows, best]
     return Objects(masks, scores)
 
