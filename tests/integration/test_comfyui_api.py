@@ -247,7 +247,10 @@ def test_tiny_sam_mask_into_inpaint_and_composite_chain(comfy_server, sams_dir, 
     _img, own_mask, _objects, _boxes = SamKitTinySAM().run(
         _in_process(sams_dir, A.SMALL_SAM), image, 1024, 0.4, 0.9, json.dumps([box]), "[[0,0]]", "[0]")
     own = own_mask[0].numpy() > 0.5
-    np.testing.assert_array_equal(mask, own, err_msg="the saved Tiny SAM mask differs from the pack's own run")
+    # Same code and weights, but another process (thread count, BLAS blocking): a logit that sits
+    # on the threshold may round the other way, so a handful of edge pixels may differ, no more.
+    differing = float((mask != own).mean())
+    assert differing <= 1e-4, f"the saved Tiny SAM mask differs from the pack's own run in {differing:.4%} of pixels"
     assert 0.001 < mask.mean() < 0.9, f"degenerate mask (coverage {mask.mean():.4f}): the chain proves nothing"
 
     expected_grown = _grow(own, grow)
