@@ -23,7 +23,6 @@ and a realistic share passes SAM's default thresholds. Each stage's count is pri
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 
@@ -232,48 +231,47 @@ def main(argv=None) -> int:
     skip = set(filter(None, args.skip.split(",")))
     rows = []
     print(f"# SAM Kit vs reference, {args.arch}, image {h}x{w}, {common.environment()}")
-    with tempfile.TemporaryDirectory(prefix="samkit-bench-") as tmp:
-        sam_path = sam_checkpoint(args.arch, scene, {"h": h, "w": w, "seed": 0}, args.cache_dir)
-        sam = load_sam(sam_path, device)
-        if "segmap" not in skip:
-            r = bench_segmap(sam, image, args.points_per_side, device, args.pred_iou_thresh, args.stability_score_thresh)
-            print(f"(a) seg map, {args.points_per_side}x{args.points_per_side} points: reference {fmt_s(r['ref_s'])} "
-                  f"({r['ref_count']} masks, {r['ref_mem']}), ours {fmt_s(r['ours_s'])} ({r['our_count']} masks, "
-                  f"{r['our_mem']}); {r['speedup']:.1f}x faster; matched {r['matched']}/{r['ref_count']}, "
-                  f"mean IoU {r['mean_iou']:.3f}")
-            print(f"    ours: {r['counts']}")
-            rows.append(("seg map vs SamAutomaticMaskGenerator + painting", f"{fmt_s(r['ref_s'])} / {fmt_s(r['ours_s'])}",
-                         f"{r['speedup']:.1f}x faster", f"{r['matched']}/{r['ref_count']} masks matched, IoU {r['mean_iou']:.3f}; "
-                         f"{r['ref_mem']} / {r['our_mem']}"))
-        loaded = loader.load_model(str(sam_path), device=args.loader_device, precision=args.precision)
-        loads = loader.load_count
-        if "prompt" not in skip:
-            r = bench_prompt_edit(loaded, image, device)
-            print(f"(b) prompt edit: cold {fmt_s(r['cold_s'])} ({r['cold_mem']}), edit {fmt_s(r['edit_s'])} "
-                  f"({r['edit_mem']}) = {100 * r['ratio']:.1f}% of cold; encoder runs during edits: "
-                  f"{r['encoder_runs_during_edits']}")
-            rows.append(("Tiny SAM prompt edit vs cold run", f"{fmt_s(r['cold_s'])} / {fmt_s(r['edit_s'])}",
-                         f"{100 * r['ratio']:.1f}% of cold", f"encoder runs during edits: {r['encoder_runs_during_edits']}"))
-        again = loader.load_model(str(sam_path), device=args.loader_device, precision=args.precision)
-        print(f"    repeated load: same model object {again is loaded}, loads {loader.load_count - loads}")
-        if "fastsam" not in skip:
-            fs_size = 640 if args.quick else 1024
-            # class biases set so ~60 instances pass confidence 0.4 on this image, as a real
-            # FastSAM finds on a busy photo (untrained, either none or max_det=300 would)
-            fs_path = fastsam_checkpoint(image, {"h": h, "w": w, "seed": 0}, args.cache_dir, scale=args.fastsam_scale,
-                                         imgsz=fs_size)
-            r = bench_fastsam(fs_path, image, fs_size, device)
-            print(f"(c) FastSAM-{args.fastsam_scale} at {fs_size}: bare ultralytics {fmt_s(r['bare_s'])} ({r['bare_mem']}), "
-                  f"ours {fmt_s(r['ours_s'])} ({r['our_mem']}); overhead {100 * r['overhead']:+.1f}% "
-                  f"({r['instances']} instances)")
-            rows.append((f"FastSAM-{args.fastsam_scale} path vs bare ultralytics.FastSAM", f"{fmt_s(r['bare_s'])} / {fmt_s(r['ours_s'])}",
-                         f"{100 * r['overhead']:+.1f}%", f"{r['instances']} instances"))
-        if "remote" not in skip:
-            r = bench_remote(sam_path, image, device, rounds=3 if args.quick else 5)
-            print(f"(d) remote node vs bare HTTP round trip (self-hosted, 127.0.0.1): bare {fmt_s(r['bare_s'])}, "
-                  f"node {fmt_s(r['node_s'])}; overhead {100 * r['overhead']:+.1f}%")
-            rows.append(("remote node vs bare HTTP (self-hosted)", f"{fmt_s(r['bare_s'])} / {fmt_s(r['node_s'])}",
-                         f"{100 * r['overhead']:+.1f}%", ""))
+    sam_path = sam_checkpoint(args.arch, scene, {"h": h, "w": w, "seed": 0}, args.cache_dir)
+    sam = load_sam(sam_path, device)
+    if "segmap" not in skip:
+        r = bench_segmap(sam, image, args.points_per_side, device, args.pred_iou_thresh, args.stability_score_thresh)
+        print(f"(a) seg map, {args.points_per_side}x{args.points_per_side} points: reference {fmt_s(r['ref_s'])} "
+              f"({r['ref_count']} masks, {r['ref_mem']}), ours {fmt_s(r['ours_s'])} ({r['our_count']} masks, "
+              f"{r['our_mem']}); {r['speedup']:.1f}x faster; matched {r['matched']}/{r['ref_count']}, "
+              f"mean IoU {r['mean_iou']:.3f}")
+        print(f"    ours: {r['counts']}")
+        rows.append(("seg map vs SamAutomaticMaskGenerator + painting", f"{fmt_s(r['ref_s'])} / {fmt_s(r['ours_s'])}",
+                     f"{r['speedup']:.1f}x faster", f"{r['matched']}/{r['ref_count']} masks matched, IoU {r['mean_iou']:.3f}; "
+                     f"{r['ref_mem']} / {r['our_mem']}"))
+    loaded = loader.load_model(str(sam_path), device=args.loader_device, precision=args.precision)
+    loads = loader.load_count
+    if "prompt" not in skip:
+        r = bench_prompt_edit(loaded, image, device)
+        print(f"(b) prompt edit: cold {fmt_s(r['cold_s'])} ({r['cold_mem']}), edit {fmt_s(r['edit_s'])} "
+              f"({r['edit_mem']}) = {100 * r['ratio']:.1f}% of cold; encoder runs during edits: "
+              f"{r['encoder_runs_during_edits']}")
+        rows.append(("Tiny SAM prompt edit vs cold run", f"{fmt_s(r['cold_s'])} / {fmt_s(r['edit_s'])}",
+                     f"{100 * r['ratio']:.1f}% of cold", f"encoder runs during edits: {r['encoder_runs_during_edits']}"))
+    again = loader.load_model(str(sam_path), device=args.loader_device, precision=args.precision)
+    print(f"    repeated load: same model object {again is loaded}, loads {loader.load_count - loads}")
+    if "fastsam" not in skip:
+        fs_size = 640 if args.quick else 1024
+        # class biases set so ~60 instances pass confidence 0.4 on this image, as a real
+        # FastSAM finds on a busy photo (untrained, either none or max_det=300 would)
+        fs_path = fastsam_checkpoint(image, {"h": h, "w": w, "seed": 0}, args.cache_dir, scale=args.fastsam_scale,
+                                     imgsz=fs_size)
+        r = bench_fastsam(fs_path, image, fs_size, device)
+        print(f"(c) FastSAM-{args.fastsam_scale} at {fs_size}: bare ultralytics {fmt_s(r['bare_s'])} ({r['bare_mem']}), "
+              f"ours {fmt_s(r['ours_s'])} ({r['our_mem']}); overhead {100 * r['overhead']:+.1f}% "
+              f"({r['instances']} instances)")
+        rows.append((f"FastSAM-{args.fastsam_scale} path vs bare ultralytics.FastSAM", f"{fmt_s(r['bare_s'])} / {fmt_s(r['ours_s'])}",
+                     f"{100 * r['overhead']:+.1f}%", f"{r['instances']} instances"))
+    if "remote" not in skip:
+        r = bench_remote(sam_path, image, device, rounds=3 if args.quick else 5)
+        print(f"(d) remote node vs bare HTTP round trip (self-hosted, 127.0.0.1): bare {fmt_s(r['bare_s'])}, "
+              f"node {fmt_s(r['node_s'])}; overhead {100 * r['overhead']:+.1f}%")
+        rows.append(("remote node vs bare HTTP (self-hosted)", f"{fmt_s(r['bare_s'])} / {fmt_s(r['node_s'])}",
+                     f"{100 * r['overhead']:+.1f}%", ""))
     print()
     print("| comparison | reference / ours | ratio | notes |")
     print("|---|---|---|---|")

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from segment_anything.modeling.common import LayerNorm2d
 from segment_anything.modeling.mask_decoder import MaskDecoder
 from segment_anything.modeling.transformer import Attention, TwoWayTransformer
 
@@ -184,8 +185,6 @@ def decode_point_tokens(sam, image_embedding: torch.Tensor, sparse: torch.Tensor
 
 def _is_standard_upscaler(upscaling) -> bool:
     """segment-anything's ConvT(2,2) → LayerNorm2d → GELU → ConvT(2,2) → GELU."""
-    from segment_anything.modeling.common import LayerNorm2d
-
     kinds = [torch.nn.ConvTranspose2d, LayerNorm2d, torch.nn.GELU, torch.nn.ConvTranspose2d, torch.nn.GELU]
     if len(upscaling) != len(kinds) or not all(type(m) is k for m, k in zip(upscaling, kinds)):
         return False
