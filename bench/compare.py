@@ -149,11 +149,12 @@ def bench_fastsam(path: Path, image: np.ndarray, size: int, device: torch.device
     run_bare(), run_ours()  # warm-up: ultralytics builds its predictor on the first call
     bare_t, our_t = [], []
     with measure_memory(device) as bare_mem:
-        for _ in range(3):
-            bare_t.append(timed(run_bare, device)[1])
+        bare_t.append(timed(run_bare, device)[1])
     with measure_memory(device) as our_mem:
-        for _ in range(3):
-            our_t.append(timed(run_ours, device)[1])
+        our_t.append(timed(run_ours, device)[1])
+    for _ in range(4):  # alternating, so a drift in machine load hits both sides alike
+        bare_t.append(timed(run_bare, device)[1])
+        our_t.append(timed(run_ours, device)[1])
     everything = bare(bgr, device=str(device), imgsz=size, conf=0.4, iou=0.9, retina_masks=True, verbose=False)[0]
     b, o = float(np.median(bare_t)), float(np.median(our_t))
     return dict(bare_s=b, ours_s=o, overhead=o / b - 1, instances=len(everything),

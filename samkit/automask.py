@@ -26,7 +26,14 @@ import torch.nn.functional as F
 from torchvision.ops.boxes import batched_nms, box_area
 
 from . import runtime
-from .point_decoder import decode_point_tokens, masks_for
+from .point_decoder import (
+    decode_chunk_size,
+    decode_point_tokens,
+    masks_for,
+    share_image,
+    supports_shared_decoding,
+    upsample_chunk_size,
+)
 
 # Pure helpers from the reference implementation: reusing them keeps the grid, crop boxes and
 # box maths identical to segment-anything's.
@@ -113,10 +120,6 @@ class Segments:
             points=torch.zeros((0, 2), device=device),
             crop_boxes=torch.zeros((0, 4), dtype=torch.int64, device=device),
         )
-
-
-# Masks upsampled to full size at once: bounds peak memory at ~chunk × H × W × 4 bytes.
-_UPSAMPLE_CHUNK = 16
 
 
 @dataclass
@@ -211,6 +214,9 @@ def _process_crop(
     transform = ResizeLongestSide(sam.image_encoder.img_size)
     threshold = sam.mask_threshold
     orig_h, orig_w = orig_size
+    decode_chunk = decode_chunk_size(sam, features)
+    shared = share_image(sam, features) if supports_shared_decoding(sam.mask_decoder) else None
+    upsample_chunk = upsample_chunk_size(sam, device, *crop_size)
 
     points_for_image = grids[layer_idx] * np.array(crop_size)[None, ::-1]
     result = _CropResult()
@@ -220,25 +226,31 @@ def _process_crop(
         coords = torch.as_tensor(transform.apply_coords(points, crop_size), device=device)
         labels = torch.ones(coords.shape[0], dtype=torch.int, device=device)
         sparse, _ = sam.prompt_encoder(points=(coords[:, None, :], labels[:, None]), boxes=None, masks=None)
-        tokens = decode_point_tokens(sam, features, sparse.to(dtype))
-        n_prompts, n_out = tokens.iou_pred.shape
-        counts.candidates += n_prompts * n_out
-        iou_pred = tokens.iou_pred.flatten().float()
-        prompt_idx = torch.arange(n_prompts, device=device).repeat_interleave(n_out)
-        output_idx = torch.arange(n_out, device=device).repeat(n_prompts)
-        pts = torch.as_tensor(points, dtype=torch.float32, device=device).repeat_interleave(n_out, dim=0)
-
-        # 1. predicted-IoU filter: needs no mask at all, so masks are only made for the survivors
-        if settings.pred_iou_thresh > 0.0:
-            keep = iou_pred > settings.pred_iou_thresh
-            iou_pred, pts, prompt_idx, output_idx = iou_pred[keep], pts[keep], prompt_idx[keep], output_idx[keep]
-        counts.passed_pred_iou += len(iou_pred)
-        low_res = masks_for(sam, tokens, prompt_idx, output_idx).float()
-        del tokens
+        sparse = sparse.to(dtype)
+        # The decoder runs on small pieces of the batch (see point_decoder.prompts_per_chunk);
+        # 1. the predicted-IoU filter needs no mask at all, so masks are only made for survivors.
+        kept_logits, kept_iou, kept_pts = [], [], []
+        for sub in range(0, len(points), decode_chunk):
+            tokens = decode_point_tokens(sam, features, sparse[sub : sub + decode_chunk], shared=shared)
+            n_prompts, n_out = tokens.iou_pred.shape
+            counts.candidates += n_prompts * n_out
+            iou_pred = tokens.iou_pred.flatten().float()
+            prompt_idx = torch.arange(n_prompts, device=device).repeat_interleave(n_out)
+            output_idx = torch.arange(n_out, device=device).repeat(n_prompts)
+            if settings.pred_iou_thresh > 0.0:
+                keep = iou_pred > settings.pred_iou_thresh
+                iou_pred, prompt_idx, output_idx = iou_pred[keep], prompt_idx[keep], output_idx[keep]
+            counts.passed_pred_iou += len(iou_pred)
+            kept_logits.append(masks_for(sam, tokens, prompt_idx, output_idx).float())
+            kept_iou.append(iou_pred)
+            kept_pts.append(torch.as_tensor(points[sub : sub + decode_chunk], dtype=torch.float32,
+                                            device=device)[prompt_idx])
+            del tokens
+        low_res, iou_pred, pts = torch.cat(kept_logits), torch.cat(kept_iou), torch.cat(kept_pts)
 
         # 2. stability and boxes on full-size logits, a chunk at a time
-        for c in range(0, low_res.shape[0], _UPSAMPLE_CHUNK):
-            lr = low_res[c : c + _UPSAMPLE_CHUNK]
+        for c in range(0, low_res.shape[0], upsample_chunk):
+            lr = low_res[c : c + upsample_chunk]
             logits = _upsample(sam, lr, input_size, crop_size)
             stability = _stability_score(logits, threshold, settings.stability_score_offset)
             keep = stability >= settings.stability_score_thresh if settings.stability_score_thresh > 0.0 else (
@@ -252,8 +264,8 @@ def _process_crop(
             idx = keep.nonzero()[:, 0][~near_edge]
             if idx.numel() == 0:
                 continue
-            result.add(lr[idx], boxes[~near_edge], iou_pred[c : c + _UPSAMPLE_CHUNK][idx], stability[idx],
-                       pts[c : c + _UPSAMPLE_CHUNK][idx])
+            result.add(lr[idx], boxes[~near_edge], iou_pred[c : c + upsample_chunk][idx], stability[idx],
+                       pts[c : c + upsample_chunk][idx])
         on_batch()
 
     merged = result.cat()
@@ -279,9 +291,11 @@ def _full_masks(sam: Sam, crop: dict, index: torch.Tensor, orig_size: tuple) -> 
     """Full-image bool masks for the selected survivors of one crop."""
     orig_h, orig_w = orig_size
     x0, y0, x1, y1 = crop["crop_box"]
-    out = torch.zeros((len(index), orig_h, orig_w), dtype=torch.bool, device=crop["low_res"].device)
-    for c in range(0, len(index), _UPSAMPLE_CHUNK):
-        sel = index[c : c + _UPSAMPLE_CHUNK]
+    device = crop["low_res"].device
+    out = torch.zeros((len(index), orig_h, orig_w), dtype=torch.bool, device=device)
+    step = upsample_chunk_size(sam, device, orig_h, orig_w)
+    for c in range(0, len(index), step):
+        sel = index[c : c + step]
         logits = _upsample(sam, crop["low_res"][sel], crop["input_size"], crop["crop_size"])
         out[c : c + len(sel), y0:y1, x0:x1] = logits > sam.mask_threshold
     return out

@@ -12,7 +12,11 @@ predicted-IoU filter) that is most of the time. Here:
 * :func:`decode_point_tokens` stops after the transformer: predicted IoUs and mask tokens come
   out without a single mask, so the caller can filter first;
 * :func:`masks_for` upsamples the features only of the prompts whose masks are wanted, in
-  chunks, and takes only the wanted tokens' dot products.
+  chunks, and takes only the wanted tokens' dot products;
+* callers decode a few prompts at a time (:func:`prompts_per_chunk`): on a CPU, per-prompt
+  image features in small blocks are served from reused heap memory, while big ones are fresh
+  mappings that page-fault in, which cost as much as the arithmetic; :func:`share_image` makes
+  the image's own inputs once for all those calls.
 
 The maths is the library's, operation for operation and with the same weights (the tests check
 the logits against ``MaskDecoder`` itself); only where the results are shared changes. Any decoder
@@ -30,8 +34,35 @@ from segment_anything.modeling.common import LayerNorm2d
 from segment_anything.modeling.mask_decoder import MaskDecoder
 from segment_anything.modeling.transformer import Attention, TwoWayTransformer
 
-#: prompts whose image features are upsampled at once (bounds the peak memory of masks_for)
-UPSCALE_CHUNK = 16
+#: prompts whose image features are upsampled at once; None: sized by ``prompts_per_chunk``
+UPSCALE_CHUNK: int | None = None
+
+#: Byte budget of a chunk's largest per-prompt tensor on the CPU. glibc serves blocks under its
+#: mmap ceiling (32 MiB) from a heap it reuses; a larger block is a fresh mapping whose pages
+#: fault in on first touch, and on a CPU that costs about as much as the arithmetic on them.
+#: Measured on a 768x1024 everything run (vit_t, 2 cores, about ±3 s between runs): 64-prompt
+#: blocks 77 s; pieces of 24 / 16 / 8 / 4 MiB: 38 / 35 / 33 / 46 s (below 8 MiB the per-call
+#: work on the prompt tokens stops amortising).
+CPU_CHUNK_BYTES = 8 << 20
+#: On accelerators the caching allocator reuses memory anyway; bigger chunks keep the kernels
+#: busy, while a few such blocks alive at once still fit beside the other models of a workflow.
+DEVICE_CHUNK_BYTES = 128 << 20
+
+
+def prompts_per_chunk(device, bytes_per_prompt: int) -> int:
+    """How many prompts to process together so one chunk's tensors stay within the budget."""
+    budget = CPU_CHUNK_BYTES if torch.device(device).type == "cpu" else DEVICE_CHUNK_BYTES
+    return max(1, budget // max(1, int(bytes_per_prompt)))
+
+
+def upsample_chunk_size(sam, device, height: int, width: int) -> int:
+    """Masks per ``Sam.postprocess_masks`` call: float logits at the encoder's size, then at H x W."""
+    return prompts_per_chunk(device, 4 * max(sam.image_encoder.img_size ** 2, height * width))
+
+
+def decode_chunk_size(sam, image_embedding: torch.Tensor) -> int:
+    """Prompts per ``decode_point_tokens`` call: the per-prompt image features are [N, C]."""
+    return prompts_per_chunk(image_embedding.device, image_embedding[0].numel() * image_embedding.element_size())
 
 
 @dataclass
@@ -93,8 +124,11 @@ def _tokens_to_image(attn: Attention, tokens_q, image_k, image_v):
     return attn.out_proj(out.flatten(2))
 
 
-def _image_to_tokens(attn: Attention, image_q, tokens_k, tokens_v):
-    """``attn(q=image_q, k=tokens_k, v=tokens_v)`` for N image tokens attending to a few tokens.
+def _image_to_tokens(attn: Attention, image_q, tokens_k, tokens_v, residual, in_place: bool):
+    """``residual + attn(q=image_q, k=tokens_k, v=tokens_v)`` for N image tokens attending to a few tokens.
+
+    The residual add rides in the last matrix product; ``in_place`` writes it into ``residual``
+    (per-prompt features nobody reads again), which spares a fresh [b, N, C] block.
 
     The few keys are mapped back through the query projection (as in ``_tokens_to_image``) and
     each head's values through its slice of the output projection, so the N image tokens meet
@@ -119,11 +153,19 @@ def _image_to_tokens(attn: Attention, image_q, tokens_k, tokens_v):
     w_out = attn.out_proj.weight.view(-1, heads, d)  # [C, heads, d]
     v_out = torch.einsum("bthd,chd->bthc", v, w_out).flatten(1, 2)  # [b, t*heads, C]
     # each head's weights sum to one, so the output bias rides along in the values
-    return weights @ (v_out + attn.out_proj.bias / heads)
+    values = v_out + attn.out_proj.bias / heads
+    if in_place and residual.dtype == weights.dtype == values.dtype:  # (autocast does not cast in-place ops)
+        return residual.baddbmm_(weights, values)
+    return torch.baddbmm(residual.expand(b, -1, -1), weights, values)
 
 
-def _block(layer, queries, keys, query_pe, key_pe):
-    """``TwoWayAttentionBlock.forward``; ``keys``/``key_pe`` may be one image shared by all prompts."""
+def _block(layer, queries, keys, query_pe, key_pe, first: bool, keys_with_pe=None):
+    """``TwoWayAttentionBlock.forward``; ``keys``/``key_pe`` may be one image shared by all prompts.
+
+    ``first``: ``keys`` is the shared image (never written to; ``keys_with_pe`` is its
+    ``keys + key_pe``, made once per image); later blocks get per-prompt features this module
+    made, and update them in place.
+    """
     if layer.skip_first_layer_pe:
         queries = layer.self_attn(q=queries, k=queries, v=queries)
     else:
@@ -132,26 +174,47 @@ def _block(layer, queries, keys, query_pe, key_pe):
     queries = layer.norm1(queries)
 
     q = queries + query_pe
-    k = keys + key_pe
+    k = keys_with_pe if keys_with_pe is not None else keys + key_pe
     queries = layer.norm2(queries + _tokens_to_image(layer.cross_attn_token_to_image, q, k, keys))
     queries = layer.norm3(queries + layer.mlp(queries))
 
     q = queries + query_pe
-    keys = layer.norm4(keys + _image_to_tokens(layer.cross_attn_image_to_token, k, q, queries))
+    keys = layer.norm4(_image_to_tokens(layer.cross_attn_image_to_token, k, q, queries, keys, in_place=not first))
     return queries, keys  # from the first block on, one image feature map per prompt
 
 
+@dataclass(frozen=True)
+class SharedImage:
+    """The decoder's inputs that are the same for every prompt on one image, made once."""
+
+    keys: torch.Tensor  # [1, N, C]: image embedding plus the "no mask" dense prompt, token-major
+    key_pe: torch.Tensor  # [1, N, C]: the prompt encoder's dense positional encoding
+    keys_with_pe: torch.Tensor  # keys + key_pe, the first block's attention keys
+    grid: tuple[int, int]
+
+
 @torch.inference_mode()
-def decode_point_tokens(sam, image_embedding: torch.Tensor, sparse: torch.Tensor, multimask: bool = True) -> PointTokens:
+def share_image(sam, image_embedding: torch.Tensor) -> SharedImage:
+    """``image_embedding`` [1, C, H, W] prepared for any number of ``decode_point_tokens`` calls."""
+    src = image_embedding + sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).to(image_embedding.dtype)
+    keys = src.flatten(2).transpose(1, 2).contiguous()
+    key_pe = sam.prompt_encoder.get_dense_pe().to(src.dtype).flatten(2).transpose(1, 2).contiguous()
+    return SharedImage(keys, key_pe, keys + key_pe, tuple(src.shape[-2:]))
+
+
+@torch.inference_mode()
+def decode_point_tokens(sam, image_embedding: torch.Tensor, sparse: torch.Tensor, multimask: bool = True,
+                        shared: SharedImage | None = None) -> PointTokens:
     """Run the decoder's transformer for B prompts (``sparse`` [B, T, C]: points and/or boxes) on one image.
 
     ``image_embedding`` is [1, C, H, W]; there is no mask prompt (the dense prompt is the
     "no mask" embedding, as in everything mode). ``multimask``: the three ambiguity outputs, or
-    the single-mask output, as ``MaskDecoder``'s ``multimask_output``.
+    the single-mask output, as ``MaskDecoder``'s ``multimask_output``. ``shared``: this image's
+    ``share_image``, when the caller decodes it in several calls.
     """
     decoder = sam.mask_decoder
-    dense_pe = sam.prompt_encoder.get_dense_pe()
     if not supports_shared_decoding(decoder):
+        dense_pe = sam.prompt_encoder.get_dense_pe()
         dense = sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
             sparse.shape[0], -1, *image_embedding.shape[-2:])
         low_res, iou_pred = decoder(image_embeddings=image_embedding, image_pe=dense_pe,
@@ -161,15 +224,15 @@ def decode_point_tokens(sam, image_embedding: torch.Tensor, sparse: torch.Tensor
 
     output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
     tokens = torch.cat((output_tokens.unsqueeze(0).expand(sparse.shape[0], -1, -1), sparse), dim=1)
-    src = image_embedding + sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).to(image_embedding.dtype)
-    h, w = src.shape[-2:]
-    keys = src.flatten(2).transpose(1, 2).contiguous()  # [1, N, C]
-    key_pe = dense_pe.to(src.dtype).flatten(2).transpose(1, 2).contiguous()
+    shared = shared if shared is not None else share_image(sam, image_embedding)
+    keys, key_pe = shared.keys, shared.key_pe
+    h, w = shared.grid
 
     transformer = decoder.transformer
     queries = tokens
-    for layer in transformer.layers:
-        queries, keys = _block(layer, queries, keys, tokens, key_pe)
+    for i, layer in enumerate(transformer.layers):
+        queries, keys = _block(layer, queries, keys, tokens, key_pe, first=i == 0,
+                               keys_with_pe=shared.keys_with_pe if i == 0 else None)
     final = transformer.final_attn_token_to_image
     q = queries + tokens
     k = keys + key_pe
@@ -205,12 +268,14 @@ def _conv_t2x2(x: torch.Tensor, conv: torch.nn.ConvTranspose2d) -> torch.Tensor:
     return out.view(*x.shape[:-1], 2, 2, c_out)
 
 
-def _upscaled_logits(decoder, keys: torch.Tensor, grid: tuple, mask_tokens: torch.Tensor, first_token: int = 1) -> torch.Tensor:
-    """Every multimask output's logits [b, M, 4H, 4W] for ``keys`` [b, N, C].
+def _upscaled_logits(decoder, keys: torch.Tensor, grid: tuple, mask_tokens: torch.Tensor, prompt: torch.Tensor,
+                     output: torch.Tensor, first_token: int = 1) -> torch.Tensor:
+    """Logits [K, 4H, 4W] of the K (``prompt``, ``output``) pairs, for ``keys`` [b, N, C] of b prompts.
 
     ``output_upscaling`` then the hypernetwork dot products, computed channels-last with plain
     matrix products (``ConvTranspose2d`` with a 2×2 stride-2 kernel is one per pixel), so no
-    [b, C', 4H, 4W] feature map is ever laid out channel-first and copied.
+    [b, C', 4H, 4W] feature map is ever laid out channel-first and copied; only the wanted
+    outputs are put in image order.
     """
     b = keys.shape[0]
     h, w = grid
@@ -219,15 +284,25 @@ def _upscaled_logits(decoder, keys: torch.Tensor, grid: tuple, mask_tokens: torc
     upscaling = decoder.output_upscaling
     if not _is_standard_upscaler(upscaling):
         feats = upscaling(keys.transpose(1, 2).reshape(b, -1, h, w))  # [b, C'', 4H, 4W]
-        return (hyper.transpose(1, 2) @ feats.flatten(2)).view(b, -1, *feats.shape[-2:])
+        logits = (hyper.transpose(1, 2) @ feats.flatten(2)).view(b, -1, *feats.shape[-2:])
+        return logits[prompt, output]
     conv1, norm, _, conv2, _ = upscaling
     x = _conv_t2x2(keys.view(b, h, w, -1), conv1)  # [b, h, w, 2, 2, C']
     x = F.gelu(F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps))
     x = F.gelu(_conv_t2x2(x, conv2))  # [b, h, w, 2, 2, 2, 2, C'']
     logits = torch.bmm(x.view(b, -1, x.shape[-1]), hyper)  # [b, h*w*16, M]
+    logits = logits[prompt, :, output]  # [K, h*w*16]
     # pixel (4i + 2·dy1 + dy2, 4j + 2·dx1 + dx2) from axes (i, j, dy1, dx1, dy2, dx2)
-    logits = logits.view(b, h, w, 2, 2, 2, 2, -1).permute(0, 7, 1, 3, 5, 2, 4, 6)
-    return logits.reshape(b, -1, 4 * h, 4 * w)
+    logits = logits.view(-1, h, w, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6)
+    return logits.reshape(-1, 4 * h, 4 * w)
+
+
+def _upscale_chunk(decoder, tokens: PointTokens) -> int:
+    """Upscaled features of one prompt: 16 pixels per token, each with the last conv's channels."""
+    last = [m for m in decoder.output_upscaling if isinstance(m, torch.nn.ConvTranspose2d)]
+    channels = last[-1].out_channels if last else tokens.keys.shape[-1]
+    per_prompt = 16 * tokens.keys.shape[1] * channels * tokens.keys.element_size()
+    return prompts_per_chunk(tokens.keys.device, per_prompt)
 
 
 @torch.inference_mode()
@@ -238,10 +313,10 @@ def masks_for(sam, tokens: PointTokens, prompt_index: torch.Tensor, output_index
     h, w = tokens.grid
     out = tokens.mask_tokens.new_empty((len(prompt_index), 4 * h, 4 * w))
     prompts, inverse = torch.unique(prompt_index, return_inverse=True)
-    for start in range(0, len(prompts), UPSCALE_CHUNK):
-        chunk = prompts[start : start + UPSCALE_CHUNK]
-        logits = _upscaled_logits(sam.mask_decoder, tokens.keys[chunk], tokens.grid, tokens.mask_tokens[chunk],
-                                  tokens.first_token)
+    step = UPSCALE_CHUNK or _upscale_chunk(sam.mask_decoder, tokens)
+    for start in range(0, len(prompts), step):
+        chunk = prompts[start : start + step]
         rows = ((inverse >= start) & (inverse < start + len(chunk))).nonzero()[:, 0]
-        out[rows] = logits[inverse[rows] - start, output_index[rows]]
+        out[rows] = _upscaled_logits(sam.mask_decoder, tokens.keys[chunk], tokens.grid, tokens.mask_tokens[chunk],
+                                     inverse[rows] - start, output_index[rows], tokens.first_token)
     return out

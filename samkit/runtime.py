@@ -84,6 +84,13 @@ def _default_device(choice: str) -> torch.device:
     return torch.device("cpu")
 
 
+def _move_to_device(loaded) -> None:
+    # Module.to() walks every submodule even when nothing moves (~10 ms for SAM): check one weight
+    first = next(loaded.module.parameters(), None)
+    if first is None or first.device != loaded.device:
+        loaded.module.to(loaded.device)
+
+
 @dataclass
 class Hooks:
     #: factory(total, label) -> Progress
@@ -97,7 +104,7 @@ class Hooks:
     #: where results end up (ComfyUI's intermediate device; CPU by default)
     output_device: Callable[[], torch.device] = field(default=lambda: torch.device("cpu"))
     #: called before a model runs: puts its weights on its device (a host may make room first)
-    prepare_model: Callable[[object], None] = field(default=lambda loaded: loaded.module.to(loaded.device))
+    prepare_model: Callable[[object], None] = field(default=lambda loaded: _move_to_device(loaded))
     #: a short status line for the user (ComfyUI shows it on the node)
     status_text: Callable[[str], None] = field(default=lambda text: None)
 

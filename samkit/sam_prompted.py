@@ -35,11 +35,15 @@ from segment_anything.utils.transforms import ResizeLongestSide
 
 from .embedding_cache import EmbeddingCache, ImageEmbedding, embeddings, image_digest, model_token
 from .models import LoadedModel
-from .point_decoder import decode_point_tokens, masks_for
+from .point_decoder import (
+    decode_chunk_size,
+    decode_point_tokens,
+    masks_for,
+    share_image,
+    supports_shared_decoding,
+    upsample_chunk_size,
+)
 from .prompts import ImagePrompts
-
-# Masks upsampled to full size at once: bounds peak memory to about chunk × H × W × 4 bytes.
-_UPSAMPLE_CHUNK = 16
 
 
 @dataclass(frozen=True)
@@ -119,9 +123,10 @@ def _upsampled(sam, low_res: torch.Tensor, input_size: tuple, original_size: tup
     """Low-res logits ``[K,h,w]`` → bool masks at ``original_size`` (``Sam.postprocess_masks``), in chunks."""
     h, w = original_size
     out = torch.empty((low_res.shape[0], h, w), dtype=torch.bool, device=low_res.device)
-    for c in range(0, low_res.shape[0], _UPSAMPLE_CHUNK):
-        logits = sam.postprocess_masks(low_res[c : c + _UPSAMPLE_CHUNK, None].float(), input_size, original_size)
-        out[c : c + _UPSAMPLE_CHUNK] = logits[:, 0] > sam.mask_threshold
+    step = upsample_chunk_size(sam, low_res.device, h, w)
+    for c in range(0, low_res.shape[0], step):
+        logits = sam.postprocess_masks(low_res[c : c + step, None].float(), input_size, original_size)
+        out[c : c + step] = logits[:, 0] > sam.mask_threshold
     return out
 
 
@@ -153,14 +158,22 @@ def decode_objects(sam, embedding: ImageEmbedding, objects: list[ObjectPrompt], 
             box_arg = torch.as_tensor(boxes, dtype=torch.float, device=device)
         with autocast_for(device, dtype):
             sparse, _ = sam.prompt_encoder(points=point_arg, boxes=box_arg, masks=None)
-            tokens = decode_point_tokens(sam, features, sparse.to(features.dtype), multimask)
-            quality = tokens.iou_pred.float()
-            rows = torch.arange(len(members), device=device)
-            best = quality.argmax(dim=1) if multimask else torch.zeros(len(members), dtype=torch.long, device=device)
-            low_res = masks_for(sam, tokens, rows, best)  # only the chosen output of each object
-        index = torch.as_tensor(members, device=device)
-        masks[index] = _upsampled(sam, low_res, embedding.input_size, embedding.original_size)
-        scores[index] = quality[rows, best]
+            sparse = sparse.to(features.dtype)
+        step = decode_chunk_size(sam, features)  # many objects: decode them a few at a time
+        shared = None
+        if len(members) > step and supports_shared_decoding(sam.mask_decoder):
+            with autocast_for(device, dtype):
+                shared = share_image(sam, features)
+        for start in range(0, len(members), step):
+            with autocast_for(device, dtype):
+                tokens = decode_point_tokens(sam, features, sparse[start : start + step], multimask, shared)
+                quality = tokens.iou_pred.float()
+                rows = torch.arange(quality.shape[0], device=device)
+                best = quality.argmax(dim=1) if multimask else torch.zeros_like(rows)
+                low_res = masks_for(sam, tokens, rows, best)  # only the chosen output of each object
+            index = torch.as_tensor(members[start : start + step], device=device)
+            masks[index] = _upsampled(sam, low_res, embedding.input_size, embedding.original_size)
+            scores[index] = quality[rows, best]
     return Objects(masks, scores)
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 from segment_anything import SamAutomaticMaskGenerator
 
+from comfyui_sam_kit.samkit import point_decoder
 from comfyui_sam_kit.samkit.automask import AutoMaskSettings, generate_segments
 from testsupport.checkpoints import build_small_sam
 
@@ -63,9 +64,13 @@ def test_same_segments_as_the_reference_on_the_same_checkpoint(random_sam, setti
     _assert_same_segments(reference, ours)
 
 
-def test_same_segments_when_the_thresholds_cut_through_the_masks(random_sam):
+@pytest.mark.parametrize("chunk_bytes", [None, 1], ids=["default-chunks", "one-prompt-chunks"])
+def test_same_segments_when_the_thresholds_cut_through_the_masks(random_sam, chunk_bytes, monkeypatch):
     # Put both thresholds at the median of what this checkpoint produces, so about half of the
     # masks fail each filter: the filters must drop exactly the masks the reference drops.
+    # With a 1-byte budget every decoder, upscale and upsample chunk holds a single prompt.
+    if chunk_bytes is not None:
+        monkeypatch.setattr(point_decoder, "CPU_CHUNK_BYTES", chunk_bytes)
     image = _scene(seed=3)
     open_settings = AutoMaskSettings(points_per_side=12, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
     everything = SamAutomaticMaskGenerator(random_sam, **open_settings.reference_kwargs()).generate(image)

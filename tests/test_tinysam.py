@@ -7,7 +7,7 @@ from segment_anything import SamPredictor
 from ultralytics import FastSAM
 
 from comfyui_sam_kit.nodes.tiny_sam import SamKitTinySAM
-from comfyui_sam_kit.samkit import loader
+from comfyui_sam_kit.samkit import loader, point_decoder
 from comfyui_sam_kit.samkit.embedding_cache import embeddings
 from comfyui_sam_kit.samkit.prompts import PromptError, parse_prompts
 from comfyui_sam_kit.samkit.tinysam import TinySamRequest, segment_with_prompts
@@ -104,7 +104,10 @@ def test_single_click_matches_sam_predictor_best_of_three(sam_model):
     assert torch.equal(mask[0].bool(), expected)
 
 
-def test_several_boxes_are_several_objects_like_sam_predictor(sam_model):
+@pytest.mark.parametrize("chunk_bytes", [None, 1], ids=["one-call", "one-box-per-call"])
+def test_several_boxes_are_several_objects_like_sam_predictor(sam_model, chunk_bytes, monkeypatch):
+    if chunk_bytes is not None:  # many objects are decoded a few at a time, sharing the image side
+        monkeypatch.setattr(point_decoder, "CPU_CHUNK_BYTES", chunk_bytes)
     image = _image(seed=1)
     predictor = SamPredictor(sam_model.runner)
     predictor.set_image(_u8(image))

@@ -106,6 +106,25 @@ def test_boxes_in_one_call_give_each_boxed_object_in_box_order(sam_model):
     assert ok, summary
 
 
+@pytest.mark.parametrize("chunk_bytes", [None, 1], ids=["default-chunks", "one-object-per-call"])
+def test_bf16_on_the_cpu_segments_like_fp32(sam_model, chunk_bytes, monkeypatch):
+    # bf16 runs the decoder under autocast; the in-place and fused steps of the shared decoder
+    # must keep working there, and the masks must stay the fp32 masks up to rounding at the edges
+    from comfyui_sam_kit.samkit import point_decoder
+
+    if chunk_bytes is not None:
+        monkeypatch.setattr(point_decoder, "CPU_CHUNK_BYTES", chunk_bytes)
+    bf16 = loader.load_model(str(TRAINED_SAM_PATH), device="cpu", precision="bf16")
+    node, agreement = SamKitTinySAM(), []
+    for scene in _scenes()[:4]:
+        boxes = [xywh_of(b) for b in scene.boxes_xyxy]
+        _, _, ref, _ = node.run(sam_model, _tensor(scene.image), **_widgets(box_prompt=boxes))
+        _, _, got, _ = node.run(bf16, _tensor(scene.image), **_widgets(box_prompt=boxes))
+        assert got.shape == ref.shape
+        agreement.extend(mask_iou(g.numpy() > 0.5, r.numpy() > 0.5) for g, r in zip(got, ref))
+    assert np.mean(agreement) >= 0.95 and min(agreement) >= 0.8, agreement
+
+
 def test_a_box_given_as_corners_picks_the_wrong_region(sam_model):
     # The same boxes written as [x0, y0, x1, y1] into the xywh widget: the boxes grow, so the
     # masks stop matching. Guards the test above against a parser that would accept either.
