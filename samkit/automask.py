@@ -31,7 +31,6 @@ from .point_decoder import (
     decode_point_tokens,
     masks_for,
     share_image,
-    supports_shared_decoding,
     upsample_chunk_size,
 )
 
@@ -215,7 +214,7 @@ def _process_crop(
     threshold = sam.mask_threshold
     orig_h, orig_w = orig_size
     decode_chunk = decode_chunk_size(sam, features)
-    shared = share_image(sam, features) if supports_shared_decoding(sam.mask_decoder) else None
+    shared = share_image(sam, features)
     upsample_chunk = upsample_chunk_size(sam, device, *crop_size)
 
     points_for_image = grids[layer_idx] * np.array(crop_size)[None, ::-1]

@@ -194,8 +194,14 @@ class SharedImage:
 
 
 @torch.inference_mode()
-def share_image(sam, image_embedding: torch.Tensor) -> SharedImage:
-    """``image_embedding`` [1, C, H, W] prepared for any number of ``decode_point_tokens`` calls."""
+def share_image(sam, image_embedding: torch.Tensor) -> SharedImage | None:
+    """``image_embedding`` [1, C, H, W] prepared for any number of ``decode_point_tokens`` calls.
+
+    ``None`` for a decoder that is not segment-anything's own: ``decode_point_tokens`` calls
+    such a decoder as it is, and there is nothing to share.
+    """
+    if not supports_shared_decoding(sam.mask_decoder):
+        return None
     src = image_embedding + sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).to(image_embedding.dtype)
     keys = src.flatten(2).transpose(1, 2).contiguous()
     key_pe = sam.prompt_encoder.get_dense_pe().to(src.dtype).flatten(2).transpose(1, 2).contiguous()

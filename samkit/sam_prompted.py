@@ -40,7 +40,6 @@ from .point_decoder import (
     decode_point_tokens,
     masks_for,
     share_image,
-    supports_shared_decoding,
     upsample_chunk_size,
 )
 from .prompts import ImagePrompts
@@ -156,14 +155,11 @@ def decode_objects(sam, embedding: ImageEmbedding, objects: list[ObjectPrompt], 
         if has_box:
             boxes = transform.apply_boxes(np.array([objects[i].box for i in members], dtype=np.float64), embedding.original_size)
             box_arg = torch.as_tensor(boxes, dtype=torch.float, device=device)
+        step = decode_chunk_size(sam, features)  # many objects: decode them a few at a time
         with autocast_for(device, dtype):
             sparse, _ = sam.prompt_encoder(points=point_arg, boxes=box_arg, masks=None)
             sparse = sparse.to(features.dtype)
-        step = decode_chunk_size(sam, features)  # many objects: decode them a few at a time
-        shared = None
-        if len(members) > step and supports_shared_decoding(sam.mask_decoder):
-            with autocast_for(device, dtype):
-                shared = share_image(sam, features)
+            shared = share_image(sam, features) if len(members) > step else None
         for start in range(0, len(members), step):
             with autocast_for(device, dtype):
                 tokens = decode_point_tokens(sam, features, sparse[start : start + step], multimask, shared)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from comfyui_sam_kit.samkit import point_decoder
-from comfyui_sam_kit.samkit.point_decoder import decode_point_tokens, masks_for, supports_shared_decoding
+from comfyui_sam_kit.samkit.point_decoder import decode_point_tokens, masks_for, share_image, supports_shared_decoding
 from testsupport.checkpoints import build_small_sam
 from testsupport.trained import build_trained_sam
 
@@ -114,6 +114,7 @@ def test_an_unknown_decoder_class_falls_back_to_calling_it(small):
     sam.mask_decoder = patched.eval()
     assert not supports_shared_decoding(sam.mask_decoder)
     embedding, sparse = _inputs(sam)
+    assert share_image(sam, embedding) is None  # nothing to share with a decoder we call as it is
     ref_masks, ref_iou = _library(small, embedding, sparse)
     tokens = decode_point_tokens(sam, embedding, sparse)
     assert tokens.keys is None and tokens.low_res is not None

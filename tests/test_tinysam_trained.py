@@ -22,7 +22,7 @@ import torch
 
 from comfyui_sam_kit.nodes.seg_map import SamKitSegmentationMap
 from comfyui_sam_kit.nodes.tiny_sam import SamKitTinySAM
-from comfyui_sam_kit.samkit import loader
+from comfyui_sam_kit.samkit import loader, point_decoder
 from comfyui_sam_kit.samkit.embedding_cache import embeddings
 from testsupport.trained import RETRAIN_ENV, TRAINED_SAM_PATH, heldout_scene, interior_point, mask_iou, neighbour_pairs
 from testsupport.trained_fastsam import TRAINED_FASTSAM_PATH, xywh_of
@@ -110,8 +110,6 @@ def test_boxes_in_one_call_give_each_boxed_object_in_box_order(sam_model):
 def test_bf16_on_the_cpu_segments_like_fp32(sam_model, chunk_bytes, monkeypatch):
     # bf16 runs the decoder under autocast; the in-place and fused steps of the shared decoder
     # must keep working there, and the masks must stay the fp32 masks up to rounding at the edges
-    from comfyui_sam_kit.samkit import point_decoder
-
     if chunk_bytes is not None:
         monkeypatch.setattr(point_decoder, "CPU_CHUNK_BYTES", chunk_bytes)
     bf16 = loader.load_model(str(TRAINED_SAM_PATH), device="cpu", precision="bf16")
