@@ -20,9 +20,11 @@ Safety rules this module keeps:
 * Plain ``http://`` is refused unless the host is a loopback address.
 * A submit is re-sent only when it provably did not create a job: the connection was never
   made, or the answer was 429 (rate/concurrency limit) or an ingress 503 (no
-  ``x-fal-request-id``). A read timeout, a dropped connection or a 502/504 leave the outcome
-  unknown, and are reported instead of retried, so there is never a duplicate billed job.
-  Status and result reads are idempotent and are retried with capped backoff.
+  ``x-fal-request-id``); those are waited out (Retry-After) within the deadline. A read
+  timeout, a dropped connection, a 502/504 or a 503 from fal itself leave the outcome unknown,
+  and are reported instead of retried, so there is never a duplicate billed job. Status and
+  result reads are idempotent and are retried with capped backoff. What each status means
+  and how long to wait: :mod:`.polling`.
 * Every error message names the request id (when there is one), has data URIs shortened and
   the key scrubbed.
 """
@@ -33,7 +35,6 @@ import functools
 import ipaddress
 import json
 import logging
-import random
 import re
 import threading
 import time
@@ -45,6 +46,8 @@ import httpx
 
 from .. import __version__
 from .keys import FalKey
+from .polling import (DONE, FAILED, FAL_STATE, UNKNOWN, PollPolicy, describe_text, error_fields, kind_of, reason,
+                      retry_after_seconds)
 from .schemas import AppId, decode_data_uri
 
 log = logging.getLogger("comfyui-sam-kit.fal")
@@ -107,6 +110,10 @@ class FalTimeoutError(FalError):
     """The job did not finish within the deadline (it was cancelled), or a call timed out."""
 
 
+class FalJobFailedError(FalError):
+    """The job ended without a result: a FAILED / ERROR / CANCELLED… status, or COMPLETED with an error."""
+
+
 class FalProtocolError(FalError):
     """The server answered something that is not fal's protocol."""
 
@@ -139,27 +146,6 @@ def redact(text: Any, key: Optional[FalKey] = None, limit: int = MAX_MESSAGE_CHA
     if len(text) > limit:
         text = text[: limit - 1] + "…"
     return text
-
-
-def _detail_text(body: Any) -> tuple[str, Optional[str], list]:
-    """(message, error_type, field errors) from an error body in any of fal's shapes."""
-    if isinstance(body, dict):
-        detail = body.get("detail", body.get("message", body.get("error")))
-        error_type = body.get("error_type") if isinstance(body.get("error_type"), str) else None
-        if isinstance(detail, list):
-            parts, errors = [], []
-            for item in detail:
-                if isinstance(item, dict):
-                    loc = [str(p) for p in item.get("loc", []) if p != "body"]
-                    parts.append(f"{'.'.join(loc) or 'input'}: {item.get('msg', '')}")
-                    errors.append(item)
-                else:
-                    parts.append(str(item))
-            return "; ".join(parts), error_type, errors
-        if detail is not None:
-            return (detail if isinstance(detail, str) else json.dumps(detail)), error_type, []
-        return json.dumps(body), error_type, []
-    return str(body), None, []
 
 
 # ------------------------------------------------------------------ URLs
@@ -215,7 +201,8 @@ class Submission:
 
 @dataclass
 class JobStatus:
-    state: str  # IN_QUEUE / IN_PROGRESS / COMPLETED (anything else is treated as finished)
+    state: str  # as the server wrote it: IN_QUEUE / IN_PROGRESS / COMPLETED for fal
+    kind: str = UNKNOWN  # polling.QUEUED / RUNNING / DONE / FAILED / UNKNOWN
     queue_position: Optional[int] = None
     logs: list = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
@@ -231,20 +218,6 @@ class Update:
     state: str  # SUBMITTING, IN_QUEUE, IN_PROGRESS, COMPLETED, FETCHING
     queue_position: Optional[int] = None
     new_logs: list = field(default_factory=list)
-
-
-@dataclass
-class PollPolicy:
-    # fal's own clients poll every 0.1 s; starting there and growing ×1.5 to the caps keeps a
-    # short job's wait short (a Tiny SAM call takes well under a second) and a long one's rate low
-    first_interval: float = 0.1
-    max_queue_interval: float = 2.0
-    max_progress_interval: float = 1.0
-    growth: float = 1.5
-    #: consecutive failed status/result reads before giving up (each waits with backoff)
-    max_read_failures: int = 8
-    max_submit_attempts: int = 4
-    stop_check_interval: float = 0.1
 
 
 # ------------------------------------------------------------------ the client
@@ -331,10 +304,11 @@ class FalClient:
             body = None
         if body is None:
             text = response.text
-            detail = "an HTML error page from a proxy or gateway" if "<html" in text.lower() else (text or response.reason_phrase)
+            detail = (f"{describe_text(text)} (from a proxy or gateway, not the queue)" if "<html" in text.lower()
+                      else (text or response.reason_phrase))
             error_type, errors = None, []
         else:
-            detail, error_type, errors = _detail_text(body)
+            detail, error_type, errors = error_fields(body)
         error_type = error_type or response.headers.get("x-fal-error-type")
         where = f"{app.endpoint_id} {stage} failed (HTTP {code}, request {request_id or 'not created'})"
         detail = self._redact(detail)
@@ -365,38 +339,62 @@ class FalClient:
             return response.json()
         except ValueError:
             raise FalProtocolError(
-                f"{app.endpoint_id} {stage}: the server answered HTTP {response.status_code} with something that is "
-                f"not JSON (request {request_id or 'not created'}): {self._redact(response.text[:200])}; is the base "
-                f"URL {self.base_url} a fal queue endpoint?", request_id=request_id) from None
+                f"{app.endpoint_id} {stage}: the server answered HTTP {response.status_code} with "
+                f"{self._redact(describe_text(response.text))}, not JSON (request {request_id or 'not created'}); is "
+                f"the base URL {self.base_url} a fal queue endpoint?", status_code=response.status_code,
+                request_id=request_id) from None
 
     @staticmethod
     def _is_ingress(response: httpx.Response) -> bool:
         # fal's own answers carry x-fal-request-id; a gateway's do not
         return "x-fal-request-id" not in response.headers
 
-    @staticmethod
-    def _retry_after(response: httpx.Response, fallback: float) -> float:
-        try:
-            return min(max(float(response.headers.get("retry-after", "")), 0.0), 10.0)
-        except ValueError:
-            return fallback
+    def _retry_wait(self, response: Optional[httpx.Response], attempt: int, deadline: Optional[float], app: AppId,
+                    stage: str, request_id: Optional[str]) -> float:
+        """Seconds to wait before asking again: the answer's Retry-After, else the back-off.
 
-    def _backoff(self, attempt: int, cap: float = 5.0) -> float:
-        return min(cap, 0.25 * (2 ** attempt)) * random.uniform(0.75, 1.25)
+        A Retry-After longer than the time left (without a deadline: than ``retry_cap``) raises
+        the answer's own error now, rather than sleeping past the timeout.
+        """
+        hinted = retry_after_seconds(response.headers.get("retry-after")) if response is not None else None
+        if hinted is None:
+            return self.policy.backoff(attempt)
+        left = self.policy.retry_cap if deadline is None else deadline - time.monotonic()
+        if hinted > left:
+            error = self.error_for(response, app, stage, request_id)
+            limit = f"the {max(left, 0.0):.1f} s left of the timeout" if deadline is not None else f"{left:g} s"
+            error.args = (f"{error.args[0]} The server asks to wait {hinted:g} s (Retry-After), longer than {limit}, "
+                          "so the client stopped now instead. Raise the node's timeout, or try again later.",)
+            raise error
+        return min(self.policy.spread(hinted), max(left, 0.0))
+
+    def _timed_out_busy(self, response: httpx.Response, app: AppId, stage: str, request_id: Optional[str],
+                        outcome: str) -> FalTimeoutError:
+        error = self.error_for(response, app, stage, request_id)
+        return FalTimeoutError(f"The timeout ended while the server kept answering 'not now': {error.args[0]} "
+                               f"{outcome}", status_code=error.status_code, request_id=error.request_id,
+                               error_type=error.error_type)
 
     # -------------------------------------------------------------- the four calls
 
     def submit(self, endpoint_id: str, arguments: dict, *, deadline: Optional[float] = None,
                should_stop: Callable[[], bool] = lambda: False) -> Submission:
+        """Create the job. A refused connection is retried ``max_submit_attempts`` times; an answer
+        meaning "not accepted" (429, a gateway's 503) is waited out until ``deadline`` (without
+        one, ``max_submit_attempts`` times). Nothing else is ever sent twice."""
         app = AppId.parse(endpoint_id)
         url = f"{self.base_url}/{app.endpoint_id}"
         headers = {"Content-Type": "application/json",
                    # ask fal to expire our output files after an hour (they are public URLs)
                    "X-Fal-Object-Lifecycle-Preference": json.dumps({"expiration_duration_seconds": 3600})}
         body = json.dumps(arguments).encode()
-        for attempt in range(self.policy.max_submit_attempts):
+        refused = busy = 0
+        last_busy: Optional[httpx.Response] = None
+        while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
+                if last_busy is not None:
+                    raise self._timed_out_busy(last_busy, app, "submit", None, "Nothing was submitted for this image.")
                 raise FalTimeoutError(f"{app.endpoint_id}: the deadline passed before the job could be submitted")
             if remaining is not None:
                 # fal drops a job that has not started by then (no billing for a job stuck in the queue)
@@ -407,11 +405,12 @@ class FalClient:
                                       timeout=httpx.Timeout(read, connect=min(self.connect_timeout, read)))
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 # nothing reached the server: safe to try again
-                if attempt + 1 >= self.policy.max_submit_attempts:
+                refused += 1
+                if refused >= self.policy.max_submit_attempts:
                     raise FalServerError(f"{app.endpoint_id} submit: cannot connect to {self.base_url} "
                                          f"({type(exc).__name__}: {self._redact(exc)}); is the server running and "
                                          "the address right?") from None
-                self._sleep(self._backoff(attempt), deadline, should_stop, None)
+                self._sleep(self.policy.backoff(refused), deadline, should_stop, None)
                 continue
             except httpx.TimeoutException:
                 raise FalTimeoutError(
@@ -421,19 +420,23 @@ class FalClient:
                 raise FalServerError(
                     f"{app.endpoint_id} submit: the connection failed after the request was sent "
                     f"({type(exc).__name__}); the job may exist, so it was NOT submitted again.") from None
-            if response.status_code == 200 or response.status_code == 201 or response.status_code == 202:
+            code = response.status_code
+            if code in (200, 201, 202):
                 return self._submission(app, response)
-            retryable = response.status_code == 429 or (response.status_code == 503 and self._is_ingress(response))
-            if retryable and attempt + 1 < self.policy.max_submit_attempts:
-                log.info("SAM Kit fal: %s submit got HTTP %d; trying again", app.endpoint_id, response.status_code)
-                self._sleep(self._retry_after(response, self._backoff(attempt + 1)), deadline, should_stop, None)
+            if code == 429 or (code == 503 and self._is_ingress(response)):  # "not accepted": safe to send again
+                busy += 1
+                if deadline is None and busy >= self.policy.max_submit_attempts:
+                    raise self.error_for(response, app, "submit", None)
+                last_busy = response
+                wait = self._retry_wait(response, busy, deadline, app, "submit", None)
+                log.info("SAM Kit fal: %s submit got HTTP %d; trying again in %.1f s", app.endpoint_id, code, wait)
+                self._sleep(wait, deadline, should_stop, None)
                 continue
             error = self.error_for(response, app, "submit", None)
-            if response.status_code in (502, 504) or (response.status_code == 503 and not retryable):
+            if code in (502, 503, 504):  # a 503 here carries fal's request id: fal itself may have taken the job
                 error.args = (error.args[0] + " The outcome is unknown, so it was NOT submitted again (that could "
                               "bill twice); check the request list on your fal dashboard.",)
             raise error
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def _submission(self, app: AppId, response: httpx.Response) -> Submission:
         data = self._json(response, app, "submit", response.headers.get("x-fal-request-id"))
@@ -460,18 +463,21 @@ class FalClient:
         response = self._read("GET", sub.status_url, sub, "status", deadline, should_stop,
                               params={"logs": "1" if logs else "0"})
         data = self._json(response, sub.app, "status", sub.request_id)
-        if not isinstance(data, dict) or not isinstance(data.get("status"), str):
+        state = data.get("status") if isinstance(data, dict) else None
+        if not isinstance(state, str) or not state.strip():
             raise FalProtocolError(f"{sub.app.endpoint_id} status: no status in the answer (request "
                                    f"{sub.request_id}): {self._redact(str(data)[:200])}", request_id=sub.request_id)
+        kind = kind_of(state)
+        # a done job's logs are its normal output; a failed (or unknown) one's may be all the reason there is
+        why = reason(data, logs=kind in (FAILED, UNKNOWN)) if kind in (DONE, FAILED, UNKNOWN) else None
         position = data.get("queue_position")
-        logs_list = data.get("logs") if isinstance(data.get("logs"), list) else []
-        error = data.get("error")
         return JobStatus(
-            state=data["status"],
+            state=redact(state.strip(), self._key, limit=60),
+            kind=kind,
             queue_position=position if isinstance(position, int) else None,
-            logs=logs_list,
+            logs=data.get("logs") if isinstance(data.get("logs"), list) else [],
             metrics=data.get("metrics") if isinstance(data.get("metrics"), dict) else {},
-            error=self._redact(error) if error else None,
+            error=self._redact(why) if why else None,
             error_type=data.get("error_type") if isinstance(data.get("error_type"), str) else None,
         )
 
@@ -495,10 +501,12 @@ class FalClient:
 
     def _read(self, method: str, url: str, sub: Submission, stage: str, deadline: Optional[float],
               should_stop: Callable[[], bool], *, app_errors: bool = False, **kw) -> httpx.Response:
-        """An idempotent read, retried on transport errors, 408, 429 and gateway 5xx."""
-        failures = 0
+        """An idempotent read. Transport errors, 408 and gateway 5xx are retried with back-off,
+        ``max_read_failures`` times in a row; 429 is waited out until the deadline (the job is
+        still there; without a deadline, ``max_read_failures`` times)."""
+        failures = busy = 0
         while True:
-            response = None
+            response, problem = None, ""
             try:
                 response = self._send(method, url, **kw)
             except httpx.TransportError as exc:
@@ -510,8 +518,17 @@ class FalClient:
                 if code < 400:
                     raise FalProtocolError(f"{sub.app.endpoint_id} {stage}: unexpected redirect (HTTP {code}, request "
                                            f"{sub.request_id}); check the base URL", request_id=sub.request_id)
+                if code == 429:
+                    busy += 1
+                    if deadline is None and busy >= self.policy.max_read_failures:
+                        raise self.error_for(response, sub.app, stage, sub.request_id)
+                    self._sleep(self._retry_wait(response, busy, deadline, sub.app, stage, sub.request_id), deadline,
+                                should_stop, sub)
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise self._timed_out_busy(response, sub.app, stage, sub.request_id, "The job was cancelled.")
+                    continue
                 # A result's 5xx that carries fal's request id is the app's own answer: asking again gives the same.
-                transient = code in (408, 429) or (code >= 500 and (not app_errors or self._is_ingress(response)))
+                transient = code == 408 or (code >= 500 and (not app_errors or self._is_ingress(response)))
                 if code == 504 and response.headers.get("x-fal-request-timeout-type") == "user":
                     transient = False
                 if not transient:
@@ -520,12 +537,14 @@ class FalClient:
             failures += 1
             if failures >= self.policy.max_read_failures or (deadline is not None and time.monotonic() >= deadline):
                 if response is not None:
-                    raise self.error_for(response, sub.app, stage, sub.request_id)
+                    error = self.error_for(response, sub.app, stage, sub.request_id)
+                    error.args = (f"{error.args[0]} (asked {failures} times)",)
+                    raise error
                 raise FalServerError(f"{sub.app.endpoint_id} {stage}: giving up after {failures} failed attempts "
                                      f"(request {sub.request_id}): {problem}", request_id=sub.request_id)
             log.info("SAM Kit fal: %s of request %s failed (%s); trying again", stage, sub.request_id, problem)
-            wait = self._retry_after(response, self._backoff(failures)) if response is not None else self._backoff(failures)
-            self._sleep(wait, deadline, should_stop, sub)
+            self._sleep(self._retry_wait(response, failures, deadline, sub.app, stage, sub.request_id), deadline,
+                        should_stop, sub)
 
     # -------------------------------------------------------------- waiting
 
@@ -553,6 +572,8 @@ class FalClient:
 
         When ``should_stop()`` turns true the remote job is cancelled and :class:`Stopped` is
         raised; when ``timeout`` seconds pass it is cancelled and :class:`FalTimeoutError` raised.
+        A job that ends without a result raises :class:`FalJobFailedError` (or the result's own
+        error) with the server's reason and the request id.
         """
         deadline = time.monotonic() + timeout
         on_update(Update(None, "SUBMITTING"))
@@ -562,45 +583,85 @@ class FalClient:
         log.info("SAM Kit fal: %s request %s submitted", endpoint_id, sub.request_id)
         on_update(Update(sub.request_id, "IN_QUEUE", sub.queue_position))
         try:
-            self._wait(sub, deadline, timeout, should_stop, on_update)
-        except (Stopped, FalTimeoutError):
-            raise  # cancelled already
+            final = self._wait(sub, deadline, timeout, should_stop, on_update)
+        except (Stopped, FalNotFoundError):
+            raise  # cancelled already, or there is no job left to cancel
         except BaseException:
             self.cancel(sub)  # we are walking away from a job that may still run (and bill)
             raise
+        if final.kind == FAILED:
+            self._raise_failed(sub, final, deadline, should_stop)
         on_update(Update(sub.request_id, "FETCHING"))
-        while True:
-            output = self.result(sub, deadline=deadline, should_stop=should_stop)
-            if output is not None:
-                return sub.request_id, output
-            self._sleep(self.policy.first_interval, deadline, should_stop, sub)
-            self._check_deadline(sub, deadline, timeout)
+        return sub.request_id, self._fetch(sub, final, deadline, timeout, should_stop)
 
     def _check_deadline(self, sub: Submission, deadline: float, timeout: float) -> None:
         if time.monotonic() >= deadline:
-            self.cancel(sub)
             raise FalTimeoutError(f"{sub.app.endpoint_id}: request {sub.request_id} did not finish within {timeout:g} s "
                                   "and was cancelled. Raise the node's timeout, or try again when the queue is shorter.",
                                   request_id=sub.request_id)
 
     def _wait(self, sub: Submission, deadline: float, timeout: float, should_stop: Callable[[], bool],
               on_update: Callable[[Update], None]) -> JobStatus:
-        interval, last_state, seen_logs = self.policy.first_interval, "IN_QUEUE", 0
+        """Poll until the status is done or failed (returned). Raises on the deadline and after
+        ``max_unknown_polls`` unknown states in a row (the caller cancels the job)."""
+        interval, last_kind, seen_logs, unknown, started = self.policy.first_interval, "", 0, 0, time.monotonic()
         while True:
             self._sleep(interval, deadline, should_stop, sub)
             self._check_deadline(sub, deadline, timeout)
             status = self.status(sub, deadline=deadline, should_stop=should_stop)
             new_logs = status.logs[seen_logs:]
             seen_logs = max(seen_logs, len(status.logs))
-            if status.state != last_state:
+            if status.kind != last_kind and last_kind:
                 interval = self.policy.first_interval
-            last_state = status.state
-            on_update(Update(sub.request_id, status.state, status.queue_position, new_logs))
-            if status.state not in ("IN_QUEUE", "IN_PROGRESS"):
-                # COMPLETED (failed jobs too: the result carries the error), or a state we do not know
+            last_kind = status.kind
+            on_update(Update(sub.request_id, FAL_STATE.get(status.kind, status.state), status.queue_position, new_logs))
+            if status.kind in (DONE, FAILED):
                 return status
-            cap = self.policy.max_queue_interval if status.state == "IN_QUEUE" else self.policy.max_progress_interval
-            interval = min(cap, interval * self.policy.growth)
+            unknown = unknown + 1 if status.kind == UNKNOWN else 0
+            if unknown >= self.policy.max_unknown_polls:
+                said = f" The server's message: {status.error}" if status.error else ""
+                raise FalProtocolError(
+                    f"{sub.app.endpoint_id} status: request {sub.request_id} reports status {status.state!r}, which is "
+                    f"not a queue state this client knows (fal's are IN_QUEUE, IN_PROGRESS, COMPLETED); gave up after "
+                    f"{unknown} such answers in {time.monotonic() - started:.1f} s and cancelled it.{said}",
+                    request_id=sub.request_id)
+            interval = self.policy.next_interval(interval, status.kind)
+
+    def _raise_failed(self, sub: Submission, status: JobStatus, deadline: float,
+                      should_stop: Callable[[], bool]) -> None:
+        why = status.error
+        if not why:  # some servers give the reason only with the result: ask once (an error answer raises)
+            output = self.result(sub, deadline=deadline, should_stop=should_stop)
+            why = self._redact(reason(output)) if reason(output) else None
+        kind = f" [{status.error_type}]" if status.error_type else ""
+        raise FalJobFailedError(f"{sub.app.endpoint_id}: request {sub.request_id} ended with status "
+                                f"{status.state}{kind}: {why or 'the server gave no reason'}",
+                                request_id=sub.request_id, error_type=status.error_type)
+
+    def _fetch(self, sub: Submission, status: JobStatus, deadline: float, timeout: float,
+               should_stop: Callable[[], bool]) -> Any:
+        """The output after a done status. "Not ready" is asked again ``max_result_waits`` times
+        at most, with a growing interval; not at all when the status carried an error."""
+        interval, started = self.policy.first_interval, time.monotonic()
+        for attempt in range(1, self.policy.max_result_waits + 1):
+            output = self.result(sub, deadline=deadline, should_stop=should_stop)
+            if output is not None:
+                return output
+            if status.error:
+                kind = f" [{status.error_type}]" if status.error_type else ""
+                raise FalJobFailedError(f"{sub.app.endpoint_id}: request {sub.request_id} ended {status.state} with an "
+                                        f"error{kind}: {status.error}", request_id=sub.request_id,
+                                        error_type=status.error_type)
+            if attempt < self.policy.max_result_waits:
+                self._sleep(interval, deadline, should_stop, sub)
+                if time.monotonic() >= deadline:
+                    raise FalTimeoutError(f"{sub.app.endpoint_id}: the result of request {sub.request_id} was not "
+                                          f"ready within {timeout:g} s", request_id=sub.request_id)
+                interval = self.policy.next_interval(interval, DONE)
+        raise FalProtocolError(
+            f"{sub.app.endpoint_id} result: request {sub.request_id} is {status.state}, but its result answered 'not "
+            f"ready' {self.policy.max_result_waits} times in {time.monotonic() - started:.1f} s; the server may have "
+            "lost it. Run the node again.", request_id=sub.request_id)
 
 
 class ResultDownloader:

@@ -40,6 +40,7 @@ from ..images import as_image_batch, to_uint8_rgb
 from ..prompts import parse_prompts
 from . import schemas
 from .keys import Target, resolve_target
+from .polling import reason
 from .protocol import FalClient, FalDownloadError, FalError, ResultDownloader, Stopped, Update, is_loopback_host, redact
 
 log = logging.getLogger("comfyui-sam-kit.fal")
@@ -213,8 +214,9 @@ def run_batch(endpoint_id: str, arguments: list[dict], *, target: Target, timeou
     """Run one request per argument dict concurrently; results in order.
 
     ComfyUI's Cancel (``runtime.interrupted()``) cancels every request in flight, then raises
-    the host's interrupt. If one request fails, the others are cancelled and the first error
-    is raised.
+    the host's interrupt. If one request fails (a timeout included), the others are cancelled
+    and the first error is raised, saying how many images had finished. Back-pressure (429)
+    is waited out inside each request's timeout (see :mod:`.polling`).
     """
     board = _Board(len(arguments), label)
     stop = threading.Event()
@@ -229,7 +231,9 @@ def run_batch(endpoint_id: str, arguments: list[dict], *, target: Target, timeou
         try:
             ref = schemas.parse_image_output(output)
         except ValueError as exc:
-            raise FalError(f"{endpoint_id}: request {request_id}: {exc}", request_id=request_id) from None
+            said = reason(output)  # an error payload sent with HTTP 200
+            said = f"; the server said: {redact(said, target.key)}" if said else ""
+            raise FalError(f"{endpoint_id}: request {request_id}: {exc}{said}", request_id=request_id) from None
         post(Update(request_id, "DOWNLOADING"))
         data = downloader.fetch(ref.url, request_id)
         results[i] = decode_result(data, request_id)
@@ -270,6 +274,10 @@ def run_batch(endpoint_id: str, arguments: list[dict], *, target: Target, timeou
         runtime.check_interrupt()  # raises the host's own interrupt (and clears its flag)
         raise runtime.Interrupted(f"{label}: cancelled; the remote requests were cancelled")
     if first_error is not None:
+        if len(arguments) > 1 and isinstance(first_error, FalError):
+            finished = sum(r is not None for r in results)
+            first_error.args = (f"{first_error.args[0]} ({finished} of {len(arguments)} images had finished; the "
+                                "requests still running were cancelled.)",)
         raise first_error
     return [r for r in results if r is not None]
 

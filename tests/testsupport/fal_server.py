@@ -4,8 +4,9 @@
 * ``serve(...)``: a context manager running the real :class:`FalServer` (real handlers, real
   queue, real HTTP) on a free loopback port, with a :class:`Faults` middleware in front of it.
 * :class:`Faults`: records every request the server received (stage, path, Authorization
-  header) and replaces or alters chosen answers: an error status with a body, a delay after
-  the real handler ran, submit URLs pointing at another origin.
+  header, arrival time) and replaces or alters chosen answers: an error status with a body,
+  a delay after the real handler ran, submit URLs pointing at another origin; a rule may apply
+  only while a condition holds (``when``), e.g. :func:`limit_concurrency`'s 429s.
 * ``recorder()``: a second loopback server that only records what reaches it (the "foreign
   host" a malicious answer could point at).
 """
@@ -80,6 +81,7 @@ class Seen:
     stage: str
     authorization: Optional[str]
     query: str = ""
+    t: float = field(default_factory=time.monotonic)  # when it arrived (monotonic clock)
 
 
 @dataclass
@@ -90,13 +92,16 @@ class Fault:
     status: Optional[int] = None
     #: JSON body, or a function of the last submitted arguments returning one; a str is sent as text/html
     body: Any = None
-    headers: dict = field(default_factory=dict)
+    #: response headers, or a function returning them (for a Retry-After date made when it is sent)
+    headers: Any = field(default_factory=dict)
     #: let the server answer, then wait this long before passing the answer on
     delay_after: float = 0.0
     #: submit only: rewrite status_url/response_url/cancel_url to this origin (scheme://host:port)
     rewrite_urls_to: Optional[str] = None
     #: hold the request until this is true (at most 10 s), e.g. until another request was served
     wait_for: Optional[Callable[[], bool]] = None
+    #: apply the rule only while this is true (checked as the request arrives; not used up otherwise)
+    when: Optional[Callable[[], bool]] = None
 
 
 class Faults:
@@ -115,13 +120,16 @@ class Faults:
     def count(self, stage: str) -> int:
         return sum(1 for s in self.seen if s.stage == stage)
 
+    def times(self, stage: str) -> list[float]:
+        return [s.t for s in self.seen if s.stage == stage]
+
     def authorizations(self) -> set:
         return {s.authorization for s in self.seen}
 
     def _take(self, stage: str) -> Optional[Fault]:
         with self._lock:
             for rule in self.rules:
-                if rule.stage == stage and rule.times > 0:
+                if rule.stage == stage and rule.times > 0 and (rule.when is None or rule.when()):
                     rule.times -= 1
                     return rule
         return None
@@ -145,9 +153,10 @@ class Faults:
                 await asyncio.sleep(0.01)
         if rule.status is not None:
             body = rule.body(self.last_arguments) if callable(rule.body) else rule.body
+            headers = rule.headers() if callable(rule.headers) else rule.headers
             if isinstance(body, str):
-                return web.Response(text=body, status=rule.status, content_type="text/html", headers=rule.headers)
-            return web.json_response(body, status=rule.status, headers=rule.headers)
+                return web.Response(text=body, status=rule.status, content_type="text/html", headers=headers)
+            return web.json_response(body, status=rule.status, headers=headers)
         response = await handler(request)
         if rule.delay_after:
             await asyncio.sleep(rule.delay_after)
@@ -206,3 +215,18 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str =
 
 def job_states(server: FalServer) -> list[str]:
     return [job.state for job in list(server.jobs.values())]
+
+
+def running_jobs(server: FalServer) -> int:
+    """Jobs accepted and not finished (queued or running)."""
+    return sum(state != "COMPLETED" for state in job_states(server))
+
+
+def limit_concurrency(faults: Faults, server: FalServer, limit: int, retry_after: Optional[str] = "1",
+                      detail: str = "Concurrency limit reached: 2 requests at a time") -> Faults:
+    """fal's concurrency limit: a submit gets 429 (with ``Retry-After`` unless None) while
+    ``limit`` accepted jobs are unfinished. The check and the job's creation happen on the
+    server's event loop without a pause between them, so the limit is exact."""
+    headers = {"Retry-After": retry_after} if retry_after is not None else {}
+    return faults.add("submit", times=10_000, status=429, body={"detail": detail}, headers=headers,
+                      when=lambda: running_jobs(server) >= limit)
