@@ -295,11 +295,16 @@ CHANGE_UPSTREAM = {
     # another file chosen in the Load Image node (its combo's callback, as the renderers' pickers call it)
     "another file": """([id, name]) => { const load = app.graph.nodes.find((n) => n.type === "LoadImage");
         const w = load.widgets.find((w) => w.name === "image"); w.value = name; w.callback?.(w.value); }""",
-    # a different node type feeds `image`: Load Image (from Outputs), whose values carry " [output]"
-    "load image from outputs": """([id, name]) => { const sam = app.graph.getNodeById(id);
+    # a different node type feeds `image`: Load Image (from Outputs), whose values carry " [output]";
+    # its list comes from the server and then selects the first file, so choose ours once it is listed
+    "load image from outputs": """async ([id, name]) => { const sam = app.graph.getNodeById(id);
         const n = LiteGraph.createNode("LoadImageOutput"); n.pos = [40, 420]; app.graph.add(n);
-        const w = n.widgets.find((w) => w.name === "image"); w.value = `${name} [output]`;
-        n.connect(0, sam, sam.inputs.findIndex((i) => i.name === "image")); }""",
+        n.connect(0, sam, sam.inputs.findIndex((i) => i.name === "image"));
+        const w = n.widgets.find((w) => w.name === "image"), file = `${name} [output]`;
+        const listed = () => { const v = w.options.values; return (typeof v === "function" ? v() : v) ?? []; };
+        for (let i = 0; i < 100 && !listed().includes(file); i++) await new Promise((done) => setTimeout(done, 100));
+        await new Promise((done) => setTimeout(done, 300));
+        w.value = file; w.callback?.(w.value); }""",
     # a legacy Reroute node in between, then (once the rewiring has been seen) another file upstream of it
     "through a reroute": """async ([id, name]) => { const sam = app.graph.getNodeById(id);
         const load = app.graph.nodes.find((n) => n.type === "LoadImage");
