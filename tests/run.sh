@@ -3,6 +3,8 @@
 #   bash tests/run.sh            # everything that can run here
 #   bash tests/run.sh -k fal     # extra arguments go to pytest
 # Integration and browser tests run when COMFYUI_PATH points at a ComfyUI checkout.
+# Browser tests also run on a second frontend, classic and Nodes 2.0, when SAMKIT_FRONTEND_ROOT names
+# its static folder (pip install --target DIR comfyui-frontend-package==X: DIR/comfyui_frontend_package/static).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${SAMKIT_VENV:-.venv}"

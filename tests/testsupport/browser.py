@@ -7,10 +7,13 @@ ComfyUI page (served by a ``testsupport.comfyui.ComfyUIServer``).
   Playwright's own browser downloads are never used (CI has no ``playwright install``).
 * ``launch(playwright, user_data_dir) -> BrowserContext``: a fresh profile, every request that is
   not to 127.0.0.1 / localhost aborted (the ComfyUI page links to fonts and docs on the web).
-* ``open_comfyui(context, url, node_types) -> Page``: the ComfyUI page once the app is up and
-  the given node types are registered. ``page.page_errors`` collects uncaught exceptions from
-  then on, and any raised earlier from this pack's own scripts (the 1.27 frontend throws one of
-  its own while loading settings; that one is not the pack's to answer for).
+* ``open_comfyui(context, url, node_types, vue_nodes=False) -> Page``: the ComfyUI page once the
+  app is up, the given node types are registered, and the renderer is the one asked for (with
+  ``vue_nodes``, Nodes 2.0 has drawn the graph's nodes as ``[data-node-id]`` elements).
+  ``page.page_errors`` collects uncaught exceptions from then on, and any raised earlier from this
+  pack's own scripts (the 1.27 frontend throws one of its own while loading settings; that one is
+  not the pack's to answer for). ``page.pack_console`` collects console errors and warnings that
+  the pack's scripts log (by their source, or the "[SAM Kit]" prefix the pack logs with).
 * ``screenshot_rgb(page) -> numpy array``: the viewport as H×W×3 uint8 (1 CSS px = 1 px).
 """
 
@@ -69,9 +72,17 @@ def launch(playwright, user_data_dir: Path):
     return context
 
 
-def open_comfyui(context, url: str, node_types: Iterable[str] = (), timeout_ms: int = 90_000):
+def open_comfyui(context, url: str, node_types: Iterable[str] = (), timeout_ms: int = 90_000, vue_nodes: bool = False):
     page = context.pages[0] if context.pages else context.new_page()
     page.page_errors = []  # uncaught exceptions in the page, for assertions
+    page.pack_console = []  # console errors and warnings logged by the pack's scripts, for assertions
+
+    def on_console(message) -> None:
+        source = (message.location or {}).get("url", "")
+        if message.type in ("error", "warning") and (PACK_SCRIPTS in source or "[SAM Kit]" in message.text):
+            page.pack_console.append(f"{message.type}: {message.text} ({source})")
+
+    page.on("console", on_console)
     loaded = {"done": False}
 
     def on_error(exc) -> None:
@@ -89,6 +100,11 @@ def open_comfyui(context, url: str, node_types: Iterable[str] = (), timeout_ms: 
     # The app restores (or, for a fresh profile, loads the default) workflow after it is up; a
     # graph built before that would be replaced. Wait for that graph, then for it to settle.
     page.wait_for_function("() => app.graph.nodes.length > 0", timeout=timeout_ms)
+    # the renderer the test asked for, or a clear failure (not the other renderer tested twice)
+    setting = page.evaluate("() => app.ui.settings.getSettingValue('Comfy.VueNodes.Enabled') ?? false")
+    assert setting == vue_nodes, f"the page has Comfy.VueNodes.Enabled={setting}, the test wants {vue_nodes}"
+    if vue_nodes:
+        page.wait_for_function("() => document.querySelectorAll('[data-node-id]').length > 0", timeout=timeout_ms)
     page.wait_for_timeout(1000)
     loaded["done"] = True
     return page

@@ -2,10 +2,12 @@
 
 * ``prepare_base(repo_root, base) -> Path``: the pack in custom_nodes (plus the test-only probe
   nodes of tests/integration/probe_nodes), checkpoints in models/sams, test images in input
-  (names below), empty placeholders for the SD files the shipped workflows name, and frontend
-  settings of a returning user. Returns ``base``.
+  (names below; EDITOR_IMAGE_2 also in output, for Load Image (from Outputs)), empty placeholders for
+  the SD files the shipped workflows name, and frontend settings of a returning user. Returns ``base``.
+* ``set_frontend_setting(server, setting_id, value)``: one frontend setting of the server's user
+  (a page reads them when it loads), e.g. ``Comfy.VueNodes.Enabled`` for Nodes 2.0.
 * ``scene()``: the held-out shapes scene the runs segment (256x256, exact ground truth);
-  ``editor_image()``: the browser test's 320x200 image.
+  ``editor_image()``, ``editor_image_2()``: the browser test's 320x200 and 200x300 images.
 * ``png_bytes(array)``, ``read_png(path)``, ``mask_of(png_rgb)``: PNG encode / decode; a saved
   mask image back to bool.
 * API-prompt pieces: ``load_image``, ``loader``, ``seg_map``, ``tiny_sam``, ``save_image``,
@@ -37,6 +39,10 @@ EXAMPLE_IMAGE = "example.png"  # the name the shipped workflows load (docs/image
 EDITOR_IMAGE = "samkit_editor_320x200.png"  # the browser test's image: not square, so scale/offset errors show
 EDITOR_SIZE = (320, 200)
 EDITOR_COLOURS = {"ellipse": (220, 80, 60), "rectangle": (80, 200, 90), "background": (40, 60, 90)}
+# the image the browser test switches to upstream: portrait where the first is landscape, four quadrants
+EDITOR_IMAGE_2 = "samkit_editor_200x300.png"
+EDITOR_SIZE_2 = (200, 300)
+EDITOR_QUADRANTS = ((230, 200, 40), (40, 200, 220), (200, 60, 200), (235, 235, 235))  # TL, TR, BL, BR
 
 PROBE_NODES = Path(__file__).resolve().parents[1] / "integration" / "probe_nodes"
 PROBE_FOLDER = "samkit_test_probes"
@@ -90,10 +96,21 @@ def editor_image():
     return np.asarray(image)
 
 
+def editor_image_2():
+    """200x300 RGB in four flat quadrants (EDITOR_QUADRANTS: top-left, top-right, bottom-left, bottom-right)."""
+    (w, h), image = EDITOR_SIZE_2, np.zeros((EDITOR_SIZE_2[1], EDITOR_SIZE_2[0], 3), np.uint8)
+    for i, colour in enumerate(EDITOR_QUADRANTS):
+        image[(i // 2) * h // 2:(i // 2 + 1) * h // 2, (i % 2) * w // 2:(i % 2 + 1) * w // 2] = colour
+    return image
+
+
 def _write_inputs(inputs: Path, repo_root: Path) -> None:
     from testmodels.shapes import HELDOUT_SEEDS, make_scene
 
     (inputs / SCENE_IMAGE).write_bytes(png_bytes(scene().image))
+    (inputs / EDITOR_IMAGE_2).write_bytes(png_bytes(editor_image_2()))
+    (inputs.parent / "output").mkdir(exist_ok=True)  # for Load Image (from Outputs)
+    (inputs.parent / "output" / EDITOR_IMAGE_2).write_bytes(png_bytes(editor_image_2()))
     (inputs / BIG_IMAGE).write_bytes(png_bytes(make_scene(HELDOUT_SEEDS[7], 1024, 1024).image))
     (inputs / EDITOR_IMAGE).write_bytes(png_bytes(editor_image()))
     shutil.copy(repo_root / "docs" / "images" / "example.png", inputs / EXAMPLE_IMAGE)
@@ -136,6 +153,13 @@ def _write_frontend_settings(user_dir: Path) -> None:
 
     user_dir.mkdir(parents=True, exist_ok=True)
     (user_dir / "comfy.settings.json").write_text(json.dumps({"Comfy.TutorialCompleted": True}))
+
+
+def set_frontend_setting(server, setting_id: str, value) -> None:
+    """POST /settings/<id> on a running ComfyUI (its own route; the frontend reads it on page load)."""
+    response = server.client.post(f"/settings/{setting_id}", json=value)
+    response.raise_for_status()
+    assert server.get_json("/settings").get(setting_id) == value, f"{setting_id} was not stored"
 
 
 # ---------------------------------------------------------------------- API-prompt pieces

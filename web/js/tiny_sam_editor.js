@@ -1,128 +1,23 @@
 // SAM Kit: a point and box editor on the Tiny SAM nodes (local and fal).
 //
 // The three STRING widgets (box_prompt, point_prompt, point_label) are the only state: the editor
-// parses them whenever they change (typing, workflow load, undo) and writes them back after each
-// edit, so saving, loading and queueing need nothing extra. Coordinates are pixels of the image
-// that feeds the node's `image` input (read from the upstream Load Image file, or that node's
-// preview), never of the on-screen canvas.
+// re-reads them whenever they may have changed (typing, code, workflow load, undo; see
+// editor_sync.js) and always right before an edit, and writes them back after each edit, so
+// saving, loading and queueing need nothing extra. Coordinates are pixels of the image that feeds
+// the node's `image` input (read from the upstream Load Image file, or that node's preview), never
+// of the on-screen canvas. Works on the classic canvas and on Nodes 2.0 (Vue nodes).
 
 import { app } from "../../../scripts/app.js";
-import { api } from "../../../scripts/api.js";
+import { imageUrlFor, isDetached, linkedInputs, recordUndoStep, watch } from "./editor_sync.js";
+import { PROMPT_WIDGETS, boxBetween, fitImage, formatPrompts, parsePrompts, pixelAt } from "./prompts.js";
 
 // the local node and its fal twin take the same three prompt widgets
 const NODE_IDS = new Set(["SamKitTinySAM", "SamKitFalTinySAM"]);
 const EDITOR_NAME = "prompt_editor";
-const NO_POINT = "[[0,0]]"; // fal's "no prompt" sentinels
-const NO_LABEL = "[0]";
-const NO_BOX = "[[0,0,0,0]]";
 const DRAG_THRESHOLD = 5; // CSS px a press must move before it is a box rather than a click
 const HIT_RADIUS = 8; // CSS px around a point (or a box's ✕) that a click deletes
 const MIN_HEIGHT = 160;
 const HINT = "Click: + point · Right-click or Shift+click: − point · Drag: box · Click a point or a box's ✕ to remove it";
-
-// ---------------------------------------------------------------- pure helpers (exported for tests)
-
-function parseJson(text, name) {
-  const raw = String(text ?? "").trim();
-  if (!raw) return [];
-  try {
-    return JSON.parse(raw);
-  } catch {
-    throw new Error(`${name} is not valid JSON`);
-  }
-}
-
-const isNumber = (v) => typeof v === "number" && Number.isFinite(v);
-const isTuple = (v, n) => Array.isArray(v) && v.length === n && v.every(isNumber);
-
-/**
- * Widget texts → {points: [{x, y, label}], boxes: [{x, y, w, h}]}; fal's all-zero sentinels are
- * dropped. Throws an Error naming the widget when the text is not one flat list the editor can
- * show (invalid JSON, per-image lists, label count mismatch): the editor then leaves it alone.
- */
-export function parsePrompts(boxText, pointText, labelText) {
-  const pointList = parseJson(pointText, "point_prompt");
-  const labelList = parseJson(labelText, "point_label");
-  const boxList = parseJson(boxText, "box_prompt");
-  if (!Array.isArray(pointList) || !pointList.every((p) => isTuple(p, 2)))
-    throw new Error("point_prompt is not one list of [x, y] points (per-image lists are edited as text)");
-  if (!Array.isArray(labelList) || !labelList.every((l) => l === 0 || l === 1))
-    throw new Error("point_label is not one list of 1/0 labels");
-  if (labelList.length !== pointList.length)
-    throw new Error(`point_label has ${labelList.length} labels for ${pointList.length} points`);
-  if (!Array.isArray(boxList) || !boxList.every((b) => isTuple(b, 4)))
-    throw new Error("box_prompt is not one list of [x, y, w, h] boxes (per-image lists are edited as text)");
-  const points = [];
-  pointList.forEach(([x, y], i) => {
-    if (x !== 0 || y !== 0) points.push({ x, y, label: labelList[i] });
-  });
-  const boxes = boxList.filter((b) => b.some((v) => v !== 0)).map(([x, y, w, h]) => ({ x, y, w, h }));
-  return { points, boxes };
-}
-
-/** {points, boxes} → the three widget texts in fal's format (sentinels when empty). */
-export function formatPrompts({ points, boxes }) {
-  const list = (rows) => `[${rows.map((r) => `[${r.join(",")}]`).join(",")}]`;
-  return {
-    box_prompt: boxes.length ? list(boxes.map((b) => [b.x, b.y, b.w, b.h])) : NO_BOX,
-    point_prompt: points.length ? list(points.map((p) => [p.x, p.y])) : NO_POINT,
-    point_label: points.length ? `[${points.map((p) => p.label).join(",")}]` : NO_LABEL,
-  };
-}
-
-/** Where an image of width×height sits when fitted ("contain") into a view of viewW×viewH. */
-export function fitImage(width, height, viewW, viewH) {
-  const scale = Math.min(viewW / width, viewH / height);
-  return { scale, left: (viewW - width * scale) / 2, top: (viewH - height * scale) / 2 };
-}
-
-/** View position → the image pixel under it, clamped to the image; (0,0) becomes (1,0) since [0,0] means "no point". */
-export function pixelAt(fit, width, height, vx, vy) {
-  const x = Math.min(width - 1, Math.max(0, Math.floor((vx - fit.left) / fit.scale)));
-  const y = Math.min(height - 1, Math.max(0, Math.floor((vy - fit.top) / fit.scale)));
-  return x === 0 && y === 0 && width > 1 ? { x: 1, y } : { x, y };
-}
-
-/** Two view positions → an [x, y, w, h] pixel box inside the image, at least 1×1. */
-export function boxBetween(fit, width, height, a, b) {
-  const toImage = (v, off, size) => Math.min(size, Math.max(0, (v - off) / fit.scale));
-  const xs = [toImage(a.x, fit.left, width), toImage(b.x, fit.left, width)].sort((p, q) => p - q);
-  const ys = [toImage(a.y, fit.top, height), toImage(b.y, fit.top, height)].sort((p, q) => p - q);
-  const x = Math.min(width - 1, Math.round(xs[0]));
-  const y = Math.min(height - 1, Math.round(ys[0]));
-  return { x, y, w: Math.max(1, Math.round(xs[1]) - x), h: Math.max(1, Math.round(ys[1]) - y) };
-}
-
-/** A Load Image–style combo value ("sub/name.png [input]") → the server's /view URL for that file. */
-export function viewUrl(value) {
-  let name = String(value).trim();
-  let type = "input";
-  const annotated = name.match(/^(.*) \[(input|output|temp)\]$/);
-  if (annotated) [, name, type] = annotated;
-  const cut = name.lastIndexOf("/");
-  const params = new URLSearchParams({ filename: name.slice(cut + 1), type, subfolder: cut >= 0 ? name.slice(0, cut) : "" });
-  return api.apiURL(`/view?${params}`);
-}
-
-// ---------------------------------------------------------------- the editor
-
-/** The node feeding `image`, looking through legacy Reroute nodes. */
-function imageSourceNode(node) {
-  const slot = node.inputs?.findIndex((input) => input.name === "image") ?? -1;
-  let source = slot >= 0 && node.graph ? node.getInputNode(slot) : null;
-  for (let hops = 0; source && source.type === "Reroute" && hops < 32; hops++) source = source.getInputNode(0);
-  return source;
-}
-
-/** URL of the image the node will receive: the chosen file of a Load Image–style node, else its preview. */
-function imageUrlFor(node) {
-  const source = imageSourceNode(node);
-  if (!source) return null;
-  const file = source.widgets?.find((w) => w.name === "image" && w.type === "combo");
-  if (typeof file?.value === "string" && file.value) return viewUrl(file.value);
-  const preview = source.imgs?.[source.imageIndex ?? 0];
-  return preview?.src || null;
-}
 
 class PromptEditor {
   constructor(node) {
@@ -135,6 +30,8 @@ class PromptEditor {
     this.imageError = null;
     this.press = null; // {x, y, button, shift, box} while a pointer is down
     this.viewKey = "";
+    this.removed = false; // the node's onRemoved ran
+    this.writing = false; // commit() is setting the widgets: their change hooks need not re-read them
 
     this.root = document.createElement("div");
     Object.assign(this.root.style, {
@@ -180,9 +77,15 @@ class PromptEditor {
     return this.node.widgets?.find((w) => w.name === name);
   }
 
-  /** Re-read the widgets and the image source; cheap when nothing changed (runs on every node draw). */
+  /** The node is gone (deleted, or replaced by undo or a workflow load): this editor must write nothing. */
+  detached() {
+    return this.removed || isDetached(this.node);
+  }
+
+  /** Re-read the widgets and the image source; cheap when nothing changed (runs on every draw and poll). */
   sync() {
-    const texts = ["box_prompt", "point_prompt", "point_label"].map((n) => String(this.widget(n)?.value ?? ""));
+    if (this.writing || this.detached()) return;
+    const texts = PROMPT_WIDGETS.map((n) => String(this.widget(n)?.value ?? ""));
     const key = texts.join("\n");
     let changed = false;
     if (key !== this.widgetKey) {
@@ -255,7 +158,9 @@ class PromptEditor {
   }
 
   onPointerDown(e) {
-    if ((e.button !== 0 && e.button !== 2) || this.error || !this.fit()) return;
+    if ((e.button !== 0 && e.button !== 2) || this.detached()) return;
+    this.sync(); // every edit starts from the widgets as they are now, whatever the renderer drew
+    if (this.error || !this.fit()) return;
     this.canvas.setPointerCapture(e.pointerId);
     this.press = { ...this.viewPos(e), button: e.button, shift: e.shiftKey, box: null };
   }
@@ -275,7 +180,7 @@ class PromptEditor {
     const press = this.press;
     this.press = null;
     const fit = this.fit();
-    if (!press || !fit) return;
+    if (!press || !fit || this.detached()) return;
     const { points, boxes } = this.prompts;
     if (press.box) {
       this.commit({ points, boxes: [...boxes, press.box] });
@@ -296,18 +201,29 @@ class PromptEditor {
     }
   }
 
-  /** Write prompts to the widgets (the source of truth) and show them. */
+  /** Write prompts to the widgets (the source of truth), as LiteGraph's own widget edits do, and show them. */
   commit(prompts) {
+    if (this.detached()) return;
     const texts = formatPrompts(prompts);
-    for (const [name, text] of Object.entries(texts)) {
-      const w = this.widget(name);
-      if (!w || w.value === text) continue;
-      w.value = text;
-      w.callback?.(text, app.canvas, this.node);
+    let changed = false;
+    this.writing = true;
+    try {
+      for (const [name, text] of Object.entries(texts)) {
+        const w = this.widget(name);
+        if (!w || w.value === text) continue;
+        const old = w.value;
+        w.value = text;
+        w.callback?.(text, app.canvas, this.node);
+        this.node.onWidgetChanged?.(name, text, old, w); // 1.58 clears the widget's queue errors here
+        changed = true;
+      }
+    } finally {
+      this.writing = false;
     }
     this.node.setDirtyCanvas?.(true, true);
     this.sync();
     this.draw();
+    if (changed) recordUndoStep();
   }
 
   draw() {
@@ -375,8 +291,7 @@ class PromptEditor {
   updateStatus() {
     const { points, boxes } = this.prompts;
     const positive = points.filter((p) => p.label === 1).length;
-    const linked = ["box_prompt", "point_prompt", "point_label"].filter(
-      (n) => this.node.inputs?.find((input) => input.name === n)?.link != null);
+    const linked = linkedInputs(this.node, PROMPT_WIDGETS);
     let text;
     if (this.error) text = `⚠ ${this.error}: edit the text, or Clear`;
     else {
@@ -390,6 +305,7 @@ class PromptEditor {
   }
 
   remove() {
+    this.removed = true;
     this.resizeObserver.disconnect();
   }
 }
@@ -410,6 +326,11 @@ app.registerExtension({
     if (!NODE_IDS.has(nodeData?.name)) return;
     // after a workflow load the widgets hold the saved prompts: show them straight away
     chain(nodeType.prototype, "onConfigure", function () { this.samkitEditor?.sync(); });
+    // typed text (classic prompt dialog, Nodes 2.0 inputs) and other widget edits go through here
+    const prompts = new Set(PROMPT_WIDGETS);
+    chain(nodeType.prototype, "onWidgetChanged", function (name) {
+      if (prompts.has(name)) this.samkitEditor?.sync();
+    });
   },
 
   async nodeCreated(node) {
@@ -429,5 +350,6 @@ app.registerExtension({
     const [width, height] = node.size;
     node.setSize([Math.max(width, 360), Math.max(height, node.computeSize()[1] + 140)]);
     requestAnimationFrame(() => editor.sync());
+    watch(editor); // Nodes 2.0 never calls onDraw; nothing reports an upstream image change
   },
 });
