@@ -168,9 +168,12 @@ def bench_remote(model_path: Path, image: np.ndarray, device: torch.device, roun
     import httpx
 
     from samkit.fal import remote
+    from samkit.fal.handlers import tiny_sam_handler
+    from samkit.fal.hosting import BackgroundServer
+    from samkit.fal.jobs import ServerSettings
     from samkit.fal.keys import Target
     from samkit.fal.schemas import png_data_uri
-    from samkit.fal.server import BackgroundServer, FalServer, ServerSettings, tiny_sam_handler
+    from samkit.fal.server import FalServer
     from samkit.images import encode_png
 
     model = loader.load_model(str(model_path), device="cpu", precision="fp32")

@@ -126,9 +126,9 @@ def cmd_download(args) -> int:
 
 
 def cmd_serve(argv: list[str]) -> int:
-    from .fal import server
+    from .fal import cli
 
-    return server.main(argv) or 0
+    return cli.main(argv) or 0
 
 
 def main(argv: list[str] | None = None) -> int:

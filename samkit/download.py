@@ -12,11 +12,14 @@ import os
 import threading
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
 from . import runtime
-from .registry import KnownModel
+
+if TYPE_CHECKING:  # types only: registry imports this module to download what it cannot find
+    from .registry import KnownModel
 
 CONNECT_TIMEOUT_S = 1.0  # offline must fail fast, not hang the queue
 READ_TIMEOUT_S = 60.0

@@ -23,9 +23,9 @@ import torch
 from comfyui_sam_kit.nodes.seg_map import SamKitSegmentationMap
 from comfyui_sam_kit.samkit.fal import remote, schemas
 from comfyui_sam_kit.samkit.fal.keys import FalKey, Target
-from comfyui_sam_kit.samkit.fal.protocol import (FalClient, FalRateLimitError, FalServerError, FalTimeoutError,
-                                                  PollPolicy)
-from comfyui_sam_kit.samkit.fal.polling import retry_after_seconds
+from comfyui_sam_kit.samkit.fal.client import FalClient
+from comfyui_sam_kit.samkit.fal.errors import FalRateLimitError, FalServerError, FalTimeoutError
+from comfyui_sam_kit.samkit.fal.polling import PollPolicy, retry_after_seconds
 from testsupport.fal_host import FakeComfyHost, InterruptProcessingException
 from testsupport.fal_server import (
     OPEN_SEGMAP,

@@ -21,8 +21,8 @@ import torch
 
 from comfyui_sam_kit.samkit.fal import remote, schemas
 from comfyui_sam_kit.samkit.fal.keys import FalKey, Target
-from comfyui_sam_kit.samkit.fal.protocol import (
-    FalClient,
+from comfyui_sam_kit.samkit.fal.client import FalClient
+from comfyui_sam_kit.samkit.fal.errors import (
     FalError,
     FalJobFailedError,
     FalNotFoundError,
@@ -30,8 +30,8 @@ from comfyui_sam_kit.samkit.fal.protocol import (
     FalServerError,
     FalTimeoutError,
     FalValidationError,
-    PollPolicy,
 )
+from comfyui_sam_kit.samkit.fal.polling import PollPolicy
 from testsupport.fal_server import SERVER_KEY, Faults, real_handlers, serve
 
 KEY = FalKey(SERVER_KEY, "test")

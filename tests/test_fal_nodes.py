@@ -20,7 +20,7 @@ from comfyui_sam_kit.nodes.seg_map import SamKitSegmentationMap
 from comfyui_sam_kit.nodes.tiny_sam import SamKitTinySAM
 from comfyui_sam_kit.samkit.fal import keys, remote, schemas
 from comfyui_sam_kit.samkit.fal.keys import KeyConfigError
-from comfyui_sam_kit.samkit.fal.protocol import FalAuthError, FalConfigError, FalTimeoutError, FalValidationError
+from comfyui_sam_kit.samkit.fal.errors import FalAuthError, FalConfigError, FalTimeoutError, FalValidationError
 from comfyui_sam_kit.samkit.prompts import PromptError
 from testsupport.fal_host import FakeComfyHost, InterruptProcessingException
 from testsupport.fal_server import OPEN_SEGMAP, SERVER_KEY, Faults, real_handlers, serve, small_model, wait_until

@@ -1,4 +1,4 @@
-"""The fal queue client (samkit.fal.protocol) against the pack's real server on 127.0.0.1.
+"""The fal queue client (samkit.fal.client, .calls, .downloads) against the pack's real server on 127.0.0.1.
 
 Every test talks real HTTP to a real FalServer running the real handlers with a tiny model;
 faults are injected in front of it (testsupport.fal_server.Faults) where the server itself
@@ -13,21 +13,21 @@ import torch
 
 from comfyui_sam_kit.samkit.fal import schemas
 from comfyui_sam_kit.samkit.fal.keys import FalKey
-from comfyui_sam_kit.samkit.fal.protocol import (
+from comfyui_sam_kit.samkit.fal.client import FalClient
+from comfyui_sam_kit.samkit.fal.downloads import ResultDownloader
+from comfyui_sam_kit.samkit.fal.errors import (
     FalAccountError,
     FalAuthError,
-    FalClient,
     FalConfigError,
     FalDownloadError,
     FalRateLimitError,
     FalServerError,
     FalTimeoutError,
     FalValidationError,
-    PollPolicy,
-    ResultDownloader,
-    check_base_url,
     redact,
 )
+from comfyui_sam_kit.samkit.fal.polling import PollPolicy
+from comfyui_sam_kit.samkit.fal.transport import check_base_url
 from comfyui_sam_kit.samkit.fal.remote import encode_input_png
 from testsupport.fal_server import SERVER_KEY, Faults, recorder, serve, wait_until
 

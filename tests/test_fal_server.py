@@ -1,4 +1,4 @@
-"""The self-hosted fal-compatible server (samkit.fal.server): queue, keys, errors, files, CLI.
+"""The self-hosted fal-compatible server (samkit.fal.server and what it runs on): queue, keys, errors, files, CLI.
 
 Raw HTTP with httpx against the server on 127.0.0.1, so these tests see exactly what any fal
 client would see; the last tests start it the way users do, ``python -m samkit serve``.
@@ -257,7 +257,7 @@ def _serve_cli(*args, env_dir):
 
 
 def test_cli_refuses_to_start_without_keys_or_model(tmp_path, capsys, monkeypatch):
-    from comfyui_sam_kit.samkit.fal.server import main
+    from comfyui_sam_kit.samkit.fal.cli import main
 
     monkeypatch.setattr(runtime.hooks, "progress", runtime.hooks.progress)  # main() installs a terminal bar
 

@@ -1,6 +1,6 @@
 """When the queue client asks again, and what a queue's status answer means.
 
-Pure policy, no I/O: :mod:`.protocol` does the requests and raises the errors. The rules
+Pure policy, no I/O: :mod:`.calls` and :mod:`.client` do the requests and raise the errors. The rules
 (README "Remote nodes" states them for users):
 
 * **Status polls** start at ``first_interval`` (0.1 s, the rate fal's own clients poll at) and

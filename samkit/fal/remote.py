@@ -39,9 +39,12 @@ from .. import runtime
 from ..images import as_image_batch, to_uint8_rgb
 from ..prompts import parse_prompts
 from . import schemas
+from .client import FalClient, Update
+from .downloads import ResultDownloader
+from .errors import FalDownloadError, FalError, Stopped, redact
 from .keys import Target, resolve_target
 from .polling import reason
-from .protocol import FalClient, FalDownloadError, FalError, ResultDownloader, Stopped, Update, is_loopback_host, redact
+from .transport import is_loopback_host
 
 log = logging.getLogger("comfyui-sam-kit.fal")
 
@@ -97,7 +100,7 @@ def decode_result(data: bytes, request_id: str) -> RemoteImage:
                 pixels = np.asarray(rgba.convert("RGB")).copy()
             else:
                 pixels = np.asarray(img.convert("RGB")).copy()
-    except (UnidentifiedImageError, OSError, ImportError, Image.DecompressionBombError) as exc:  # ImportError: see server.py
+    except (UnidentifiedImageError, OSError, ImportError, Image.DecompressionBombError) as exc:  # ImportError: see jobs.py
         raise FalDownloadError(f"the result file of request {request_id} is not a readable image "
                                f"({type(exc).__name__})", request_id=request_id) from None
     return RemoteImage(request_id, pixels, alpha, lossless)

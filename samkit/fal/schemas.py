@@ -1,4 +1,4 @@
-"""The two endpoints' inputs and outputs, shared by the client (``protocol``/``remote``) and the
+"""The two endpoints' inputs and outputs, shared by the client (``client``/``remote``) and the
 self-hosted server, so both ends agree on one definition.
 
 ``fal-ai/tiny-sam`` (fal's published schema, field names and defaults verbatim):

@@ -28,13 +28,10 @@ from aiohttp import web
 
 from comfyui_sam_kit.samkit.automask import AutoMaskSettings
 from comfyui_sam_kit.samkit.fal import schemas
-from comfyui_sam_kit.samkit.fal.server import (
-    BackgroundServer,
-    FalServer,
-    ServerSettings,
-    segmentation_map_handler,
-    tiny_sam_handler,
-)
+from comfyui_sam_kit.samkit.fal.handlers import segmentation_map_handler, tiny_sam_handler
+from comfyui_sam_kit.samkit.fal.hosting import BackgroundServer
+from comfyui_sam_kit.samkit.fal.jobs import ServerSettings
+from comfyui_sam_kit.samkit.fal.server import FalServer
 from comfyui_sam_kit.samkit.models import LoadedModel
 from testsupport.checkpoints import build_small_sam
 

@@ -1,0 +1,63 @@
+"""Job handlers that bind the library to fal's endpoints: ``fal-ai/tiny-sam`` runs
+``samkit.tinysam.segment_with_prompts`` and ``fal-ai/image-preprocessors/sam`` runs
+``samkit.segmap.segmentation_map``, the same code as the local nodes. A handler is
+``(arguments, ctx: JobContext) -> IMAGE``; every way of serving them (:mod:`.server`, later a
+fal App) runs them through :func:`.jobs.run_job`.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from . import schemas
+from .jobs import Handler, JobContext
+
+
+_model_locks: "dict[int, threading.Lock]" = {}
+_model_locks_guard = threading.Lock()
+
+
+def model_lock(model) -> threading.Lock:
+    """One lock per loaded model: ultralytics' FastSAM keeps per-call state in its predictor, so
+    a model never runs two jobs at once. Workers still overlap decoding, encoding and jobs on
+    other models."""
+    with _model_locks_guard:
+        return _model_locks.setdefault(id(model.module), threading.Lock())
+
+
+def tiny_sam_handler(model) -> Handler:
+    """``fal-ai/tiny-sam`` → ``samkit.tinysam.segment_with_prompts``; answers its combined image."""
+    from ..tinysam import TinySamRequest, segment_with_prompts
+
+    lock = model_lock(model)
+
+    def handle(arguments: dict, ctx: JobContext):
+        a = schemas.with_tiny_sam_defaults(arguments)
+        image = ctx.image()
+        request = TinySamRequest(size=a["size"], confidence=a["confidence"], box_prompt=a["box_prompt"],
+                                 point_prompt=a["point_prompt"], point_label=a["point_label"])
+        ctx.log(f"Tiny SAM with {model.name} on a {image.shape[2]}x{image.shape[1]} image")
+        with lock:
+            result = segment_with_prompts(model, image, request)
+        ctx.log(f"{result.counts[0]} object(s)")
+        return result.image[0]
+
+    return handle
+
+
+def segmentation_map_handler(model, settings=None, seed: int = 0) -> Handler:
+    """``fal-ai/image-preprocessors/sam`` → ``samkit.segmap.segmentation_map``; answers the colour map."""
+    from ..segmap import segmentation_map
+
+    lock = model_lock(model)
+
+    def handle(arguments: dict, ctx: JobContext):
+        image = ctx.image()
+        ctx.log(f"segmentation map with {model.name} on a {image.shape[2]}x{image.shape[1]} image")
+        with lock:
+            result = segmentation_map(model, image, settings, seed)
+        ctx.log(f"{result.counts[0]} segment(s)")
+        return result.seg_map[0]
+
+    return handle
+

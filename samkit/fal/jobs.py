@@ -1,0 +1,230 @@
+"""A served job and what its handler sees: the job record, :class:`JobContext` (logging,
+cancellation, the decoded input image), the runtime hooks that route library progress and
+cancellation to the job running on the current thread, and :func:`run_job`, which runs one
+handler and turns its outcome into a PNG or a :class:`JobFailed` (the result's status and body).
+
+Nothing here knows about HTTP or the queue, so every way of serving the handlers can share it.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable, Optional
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .. import runtime
+from . import schemas
+from .errors import redact
+from .schemas import AppId
+
+log = logging.getLogger("comfyui-sam-kit.fal.server")
+
+MAX_IMAGE_PIXELS = 50_000_000
+
+
+class InputError(ValueError):
+    """An input the job cannot use; becomes a 422 at result time. ``field`` names the input."""
+
+    def __init__(self, message: str, field: Optional[str] = None):
+        super().__init__(message)
+        self.field = field
+
+
+class JobFailed(Exception):
+    """How a job ended when it produced no image: the result's HTTP status and body."""
+
+    def __init__(self, status: int, message: str, error_type: str, body: Optional[dict] = None):
+        super().__init__(message)
+        self.status, self.message, self.error_type, self.body = status, message, error_type, body
+
+
+@dataclass
+class ServerSettings:
+    """How the self-hosted server serves: queue, keys, result lifetime, input size limit."""
+
+    workers: int = 1
+    max_queue: int = 16
+    result_ttl: float = 600.0
+    keys: tuple = ()
+    require_key: bool = True
+    #: the URL clients reach this server at (behind a reverse proxy); default: from each request
+    public_url: Optional[str] = None
+    max_image_pixels: int = MAX_IMAGE_PIXELS
+
+
+@dataclass(eq=False)
+class Job:
+    id: str
+    app: AppId
+    endpoint_id: str
+    arguments: dict
+    start_by: Optional[float] = None
+    state: str = "IN_QUEUE"
+    logs: list = field(default_factory=list)
+    cancel_requested: threading.Event = field(default_factory=threading.Event)
+    started: Optional[float] = None
+    finished: Optional[float] = None
+    metrics: dict = field(default_factory=dict)
+    #: success: (file_id, width, height, size); failure: (status, body) in ``failure``
+    output: Optional[tuple] = None
+    failure: Optional[tuple] = None
+    error: Optional[str] = None
+    error_type: Optional[str] = None
+
+    def log(self, message: str, level: str = "INFO") -> None:
+        self.logs.append({"message": str(message), "level": level, "source": "USER",
+                          "timestamp": datetime.now(timezone.utc).isoformat()})
+
+
+class JobContext:
+    """What a handler gets besides its arguments: logging, cancellation, the decoded image."""
+
+    def __init__(self, job: Job, settings: ServerSettings):
+        self._job = job
+        self._settings = settings
+
+    def log(self, message: str, level: str = "INFO") -> None:
+        self._job.log(message, level)
+
+    @property
+    def cancelled(self) -> bool:
+        return self._job.cancel_requested.is_set()
+
+    @property
+    def request_id(self) -> str:
+        return self._job.id
+
+    def image(self, name: str = "image_url"):
+        """The input image as a ``[1,H,W,3]`` IMAGE tensor (alpha dropped, as the local nodes do)."""
+        from ..images import from_uint8_rgb
+
+        try:
+            _mime, data = schemas.decode_data_uri(self._job.arguments[name])
+        except ValueError as exc:
+            raise InputError(f"Could not load image from {name}: {exc}", name) from None
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                w, h = img.size
+                if w * h > self._settings.max_image_pixels:
+                    raise InputError(f"image is {w}x{h}; this server takes at most {self._settings.max_image_pixels} pixels", name)
+                rgb = np.array(img.convert("RGB"))  # a writable copy: torch warns about read-only arrays
+        # ImportError: once ultralytics is imported it patches Image.open to retry unreadable
+        # files as HEIF, which fails with ModuleNotFoundError when pi-heif is not installed
+        except (UnidentifiedImageError, OSError, ImportError, Image.DecompressionBombError):
+            raise InputError(f"Could not load image from {name}: not a readable image", name) from None
+        return from_uint8_rgb(rgb)
+
+
+Handler = Callable[[dict, JobContext], Any]
+
+# The job running on this thread, for the runtime hooks below (ComfyUI-free cancellation/progress).
+_current = threading.local()
+_hooks_lock = threading.Lock()
+
+
+class _JobProgress(runtime.Progress):
+    """Library progress bars become job log lines (at most twice a second)."""
+
+    def __init__(self, job: Job, total: int, label: str = ""):
+        super().__init__(total, label)
+        self._job, self._last = job, 0.0
+
+    def set(self, value: int) -> None:
+        super().set(value)
+        now = time.monotonic()
+        if now - self._last >= 0.5 or self.value >= self.total:
+            self._last = now
+            self._job.log(f"{self.label or 'working'}: {self.value}/{self.total}")
+
+
+def install_job_hooks() -> None:
+    """Chain runtime hooks so library code running a job sees that job's cancel flag and logs
+    its progress there; on any other thread they behave as before. Idempotent."""
+    with _hooks_lock:
+        previous_check = runtime.hooks.check_interrupt
+        previous_progress = runtime.hooks.progress
+        if getattr(previous_check, "_samkit_job_hook", False):
+            return
+
+        def check_interrupt() -> None:
+            job = getattr(_current, "job", None)
+            if job is None:
+                return previous_check()
+            if job.cancel_requested.is_set():
+                raise runtime.Interrupted(f"request {job.id} was cancelled")
+
+        def progress(total: int, label: str = ""):
+            job = getattr(_current, "job", None)
+            return _JobProgress(job, total, label) if job is not None else previous_progress(total, label)
+
+        check_interrupt._samkit_job_hook = True  # type: ignore[attr-defined]
+        runtime.install(check_interrupt=check_interrupt, progress=progress)
+
+
+def _png_of(output: Any) -> tuple[bytes, int, int]:
+    """Handler output (IMAGE tensor, uint8 array or PNG bytes) → (PNG, width, height)."""
+    if isinstance(output, (bytes, bytearray)):
+        with Image.open(io.BytesIO(output)) as img:
+            return bytes(output), img.size[0], img.size[1]
+    if isinstance(output, np.ndarray):
+        pixels = output
+    else:
+        from ..images import to_uint8_rgb
+
+        pixels = to_uint8_rgb(output)
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels)).save(buf, format="PNG")
+    return buf.getvalue(), pixels.shape[1], pixels.shape[0]
+
+
+def error_detail(message: str, loc: Iterable = (), type_: str = "value_error") -> dict:
+    """A 422 body as fal (FastAPI) writes it: ``{"detail": [{"loc": ["body", ...], "msg", "type"}]}``."""
+    return {"detail": [{"loc": ["body", *loc], "msg": redact(message), "type": type_}]}
+
+
+def run_job(job: Job, handler: Handler, settings: ServerSettings) -> tuple:
+    """Run ``handler`` on ``job`` on this (worker) thread: ``(png, width, height)``, or :class:`JobFailed`.
+
+    Cancellation → 400 ``request_cancelled``; a ``ValueError`` (an input the job refuses) → 422
+    ``validation_error`` naming the input; anything else → 500 ``internal_error`` (logged here,
+    its text never sent).
+    """
+    _current.job = job
+    ctx = JobContext(job, settings)
+    try:
+        if job.cancel_requested.is_set():
+            raise runtime.Interrupted("cancelled")
+        job.log(f"started {job.endpoint_id}")
+        output = handler(job.arguments, ctx)
+        if job.cancel_requested.is_set():
+            raise runtime.Interrupted("cancelled")
+        return _png_of(output)
+    except runtime.Interrupted:
+        raise JobFailed(400, "Request was cancelled", "request_cancelled") from None
+    except ValueError as exc:  # InputError, PromptError and the library's other input checks
+        field_name = getattr(exc, "field", None) or _field_named_in(str(exc), job.arguments)
+        message = redact(exc)
+        job.log(message, "ERROR")
+        raise JobFailed(422, message, "validation_error",
+                        error_detail(message, [field_name] if field_name else [])) from None
+    except Exception as exc:
+        log.exception("request %s failed", job.id)
+        job.log(f"internal error: {type(exc).__name__}", "ERROR")
+        raise JobFailed(500, f"Internal error while running the model ({type(exc).__name__})",
+                        "internal_error") from None
+    finally:
+        _current.job = None
+
+
+def _field_named_in(message: str, arguments: dict) -> Optional[str]:
+    """The library's prompt errors start with the input's name ("point_prompt: ...")."""
+    head = message.split(":", 1)[0].strip()
+    return head if head in arguments or head in schemas.TINY_SAM_DEFAULTS else None
+
