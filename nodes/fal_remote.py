@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from . import comfy_bridge  # noqa: F401  (installs the ComfyUI runtime hooks)
 from .prompt_inputs import linked_prompt_inputs
+from ..samkit import tiny_sam_params as P
 from ..samkit.fal import remote
 from ..samkit.fal.keys import list_targets
 from ..samkit.tinysam import TinySamRequest
@@ -58,10 +59,10 @@ class SamKitFalTinySAM:
         return {
             "required": {
                 "image": ("IMAGE", {"tooltip": "The image(s) to segment, sent as lossless PNG."}),
-                "size": ("INT", {"default": _D.size, "min": 32, "max": 4096, "step": 32,
+                "size": (P.SIZE.kind, {**P.SIZE.options(),
                                  "tooltip": "Inference size the server scales the image to (fal's 'size'); the mask "
                                             "still comes back at the input's size."}),
-                "confidence": ("FLOAT", {"default": _D.confidence, "min": 0.0, "max": 1.0, "step": 0.01,
+                "confidence": (P.CONFIDENCE.kind, {**P.CONFIDENCE.options(),
                                          "tooltip": "Object confidence threshold (fal's 'confidence')."}),
                 "box_prompt": ("STRING", {"default": _D.box_prompt,
                                           "tooltip": "Boxes [[x, y, width, height], ...] in pixels. [[0,0,0,0]] = no box."}),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from . import comfy_bridge  # noqa: F401  (installs the ComfyUI runtime hooks)
 from .prompt_inputs import linked_prompt_inputs
+from ..samkit import tiny_sam_params as P
 from ..samkit.tinysam import TinySamRequest, segment_with_prompts
 
 _D = TinySamRequest()
@@ -36,15 +37,15 @@ class SamKitTinySAM:
             "required": {
                 "model": ("SAMKIT_MODEL", {"tooltip": "From Load SAM Model (SAM Kit): FastSAM, MobileSAM, TinySAM or SAM."}),
                 "image": ("IMAGE", {"tooltip": "The image(s) to segment. Prompts apply to each image unless given per image."}),
-                "size": ("INT", {"default": _D.size, "min": 32, "max": 4096, "step": 32,
+                "size": (P.SIZE.kind, {**P.SIZE.options(),
                                  "tooltip": "FastSAM: the inference size (imgsz) the image is scaled to; masks still come "
                                             "out at the image's own size. Ignored by SAM-family models, whose input size "
                                             "is fixed by the checkpoint (1024)."}),
-                "confidence": ("FLOAT", {"default": _D.confidence, "min": 0.0, "max": 1.0, "step": 0.01,
+                "confidence": (P.CONFIDENCE.kind, {**P.CONFIDENCE.options(),
                                          "tooltip": "Object confidence threshold. FastSAM: detection score. SAM family: "
                                                     "prompted objects with a lower predicted mask quality are dropped "
                                                     "(0 keeps all); not used when there is no prompt."}),
-                "iou": ("FLOAT", {"default": _D.iou, "min": 0.0, "max": 1.0, "step": 0.01,
+                "iou": (P.IOU.kind, {**P.IOU.options(),
                                   "tooltip": "FastSAM: overlap above which duplicate detections are merged (NMS). "
                                              "Ignored by SAM-family models."}),
                 "box_prompt": ("STRING", {"default": _D.box_prompt,

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from . import runtime
+from . import tiny_sam_params as P
 
 
 def _add_model_args(parser: argparse.ArgumentParser, default_model: str) -> None:
@@ -157,12 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("tinysam", help="segment with point and box prompts (fal tiny-sam parameters)")
     p.add_argument("images", nargs="+")
     _add_model_args(p, "FastSAM-s.pt")
-    p.add_argument("--size", type=int, default=1024)
-    p.add_argument("--confidence", type=float, default=0.4)
-    p.add_argument("--iou", type=float, default=0.9)
-    p.add_argument("--box-prompt", default="[[0,0,0,0]]", help="[[x,y,w,h],...] in pixels")
-    p.add_argument("--point-prompt", default="[[0,0]]", help="[[x,y],...] in pixels")
-    p.add_argument("--point-label", default="[0]", help="[1,0,...]: 1 foreground, 0 background")
+    p.add_argument("--size", type=int, default=P.SIZE.default)
+    p.add_argument("--confidence", type=float, default=P.CONFIDENCE.default)
+    p.add_argument("--iou", type=float, default=P.IOU.default)
+    p.add_argument("--box-prompt", default=P.NO_BOX.text, help="[[x,y,w,h],...] in pixels")
+    p.add_argument("--point-prompt", default=P.NO_POINT.text, help="[[x,y],...] in pixels")
+    p.add_argument("--point-label", default=P.NO_LABEL.text, help="[1,0,...]: 1 foreground, 0 background")
     p.set_defaults(func=cmd_tinysam)
 
     p = sub.add_parser("models", help="list installed and downloadable models")

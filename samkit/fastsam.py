@@ -28,6 +28,7 @@ import torch
 
 from .models import LoadedModel
 from .prompts import ImagePrompts
+from .tiny_sam_params import CONFIDENCE, IOU, SIZE
 
 
 @dataclass
@@ -45,8 +46,8 @@ class Instances:
         return int(self.masks.shape[0])
 
 
-def predict_everything(model: LoadedModel, image: np.ndarray, size: int = 1024, confidence: float = 0.4,
-                       iou: float = 0.9) -> Instances:
+def predict_everything(model: LoadedModel, image: np.ndarray, size: int = SIZE.default,
+                       confidence: float = CONFIDENCE.default, iou: float = IOU.default) -> Instances:
     """FastSAM's everything pass on one RGB uint8 ``[H,W,3]`` image."""
     h, w = image.shape[:2]
     bgr = np.ascontiguousarray(image[..., ::-1])  # ultralytics reads numpy images as OpenCV BGR
@@ -118,8 +119,8 @@ class Selection:
     scores: torch.Tensor
 
 
-def segment_prompted(model: LoadedModel, image: np.ndarray, prompts: ImagePrompts, size: int = 1024,
-                     confidence: float = 0.4, iou: float = 0.9) -> Selection:
+def segment_prompted(model: LoadedModel, image: np.ndarray, prompts: ImagePrompts, size: int = SIZE.default,
+                     confidence: float = CONFIDENCE.default, iou: float = IOU.default) -> Selection:
     """FastSAM objects for one image: every instance without prompts, else FastSAM's selection.
 
     Object order: the masks picked by boxes in box order, then the other selected masks in the
@@ -135,7 +136,7 @@ def segment_prompted(model: LoadedModel, image: np.ndarray, prompts: ImagePrompt
     return Selection(found.masks[order].bool(), found.scores[order])
 
 
-def segment_everything(model: LoadedModel, image: np.ndarray, size: int = 1024, confidence: float = 0.4,
-                       iou: float = 0.9) -> torch.Tensor:
+def segment_everything(model: LoadedModel, image: np.ndarray, size: int = SIZE.default,
+                       confidence: float = CONFIDENCE.default, iou: float = IOU.default) -> torch.Tensor:
     """Bool ``[N,H,W]`` instance masks of an RGB uint8 image (the Segmentation Map node uses this)."""
     return predict_everything(model, image, size, confidence, iou).masks.bool()

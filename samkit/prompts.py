@@ -6,9 +6,9 @@ Accepted inputs, all optional, all combinable:
 ``point_prompt`` / ``point_label`` / ``box_prompt`` (fal ``tiny-sam`` / FastSAM widgets)
     ``[[x, y], ...]``, ``[1, 0, ...]`` (1 = foreground, 0 = background, one per point) and
     ``[[x, y, w, h], ...]``, as JSON text (single quotes allowed) or Python lists. fal's defaults
-    ``[[0,0]]`` / ``[0]`` / ``[[0,0,0,0]]`` mean "no prompt": a point exactly at ``[0, 0]`` and a
-    box ``[0, 0, 0, 0]`` are skipped (with their labels), as in FastSAM, so a click on the very
-    corner pixel must be written ``[1, 0]`` or ``[0, 1]``.
+    (``tiny_sam_params``: ``[[0,0]]`` / ``[0]`` / ``[[0,0,0,0]]``) mean "no prompt": a point equal to
+    the default's (exactly ``[0, 0]``) and a box equal to its box are skipped (with their labels), as
+    in FastSAM, so a click on the very corner pixel must be written ``[1, 0]`` or ``[0, 1]``.
 ``positive_coords`` / ``negative_coords`` (KJNodes PointsEditor, core SAM3)
     ``[{"x": .., "y": ..}, ...]`` JSON; ``[[x, y], ...]`` also works. ``""`` / ``"[]"`` = none.
 ``bboxes`` (ComfyUI core ``BOUNDING_BOX``)
@@ -36,6 +36,8 @@ import json
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
+
+from .tiny_sam_params import NO_BOX, NO_LABEL, NO_POINT
 
 
 class PromptError(ValueError):
@@ -202,9 +204,9 @@ def parse_prompts(
     batch: int,
     width: int,
     height: int,
-    point_prompt: Any = "[[0,0]]",
-    point_label: Any = "[0]",
-    box_prompt: Any = "[[0,0,0,0]]",
+    point_prompt: Any = NO_POINT.text,
+    point_label: Any = NO_LABEL.text,
+    box_prompt: Any = NO_BOX.text,
     bboxes: Any = None,
     positive_coords: Any = None,
     negative_coords: Any = None,
@@ -233,8 +235,8 @@ def parse_prompts(
             )
         for p, lab in zip(points[i], labels[i]):
             lab = _label(lab, image)
-            if p[0] == 0 and p[1] == 0:
-                continue  # fal's "no point" sentinel
+            if NO_POINT.matches(p):
+                continue  # fal's "no point" default
             pts.append(_check_point(p, "point_prompt", width, height, image))
             lbs.append(lab)
         for p in positive[i]:
@@ -246,8 +248,8 @@ def parse_prompts(
 
         bxs: list = []
         for b in boxes[i]:
-            if all(v == 0 for v in b):
-                continue  # fal's "no box" sentinel
+            if NO_BOX.matches(b):
+                continue  # fal's "no box" default
             xywh = _finite(b, "box_prompt", list(b))
             bxs.append(_check_box(xywh_to_xyxy(xywh), "box_prompt", list(b), width, height, image))
         for d in core_boxes[i]:

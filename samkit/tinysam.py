@@ -42,30 +42,27 @@ from .models import LoadedModel
 from .overlay import paint_objects
 from .painting import area_order
 from .prompts import ImagePrompts, parse_prompts
+from .tiny_sam_params import CONFIDENCE, IOU, NO_BOX, NO_LABEL, NO_POINT, SIZE
 
 
 @dataclass
 class TinySamRequest:
     """fal ``tiny-sam``'s parameters plus ``iou`` and the optional prompt sockets of the node."""
 
-    size: int = 1024
-    confidence: float = 0.4
-    iou: float = 0.9
-    box_prompt: Any = "[[0,0,0,0]]"
-    point_prompt: Any = "[[0,0]]"
-    point_label: Any = "[0]"
+    size: int = SIZE.default
+    confidence: float = CONFIDENCE.default
+    iou: float = IOU.default
+    box_prompt: Any = NO_BOX.text
+    point_prompt: Any = NO_POINT.text
+    point_label: Any = NO_LABEL.text
     bboxes: Any = None
     positive_coords: Any = None
     negative_coords: Any = None
     xyxy_boxes: Any = None
 
     def validate(self) -> "TinySamRequest":
-        if isinstance(self.size, bool) or not isinstance(self.size, int) or not 32 <= self.size <= 4096:
-            raise ValueError(f"size must be a whole number of pixels from 32 to 4096, got {self.size!r}")
-        for name in ("confidence", "iou"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be a number from 0 to 1, got {value!r}")
+        for param in (SIZE, CONFIDENCE, IOU):
+            param.check(getattr(self, param.name))
         return self
 
     def prompts_for(self, batch: int, width: int, height: int) -> list[ImagePrompts]:

@@ -38,6 +38,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .. import runtime
 from ..images import as_image_batch, to_uint8_rgb
 from ..prompts import parse_prompts
+from ..tiny_sam_params import CONFIDENCE, NO_BOX, NO_LABEL, NO_POINT, SIZE
 from . import schemas
 from .client import FalClient, Update
 from .downloads import ResultDownloader
@@ -308,19 +309,16 @@ def _check_timeout(timeout: float) -> float:
     return float(timeout)
 
 
-def tiny_sam(image: torch.Tensor, *, size: int = 1024, confidence: float = 0.4,
-             box_prompt="[[0,0,0,0]]", point_prompt="[[0,0]]", point_label="[0]", bboxes=None,
+def tiny_sam(image: torch.Tensor, *, size: int = SIZE.default, confidence: float = CONFIDENCE.default,
+             box_prompt=NO_BOX.text, point_prompt=NO_POINT.text, point_label=NO_LABEL.text, bboxes=None,
              positive_coords=None, negative_coords=None, endpoint: str = "fal",
              timeout: float = DEFAULT_TIMEOUT_S, target: Optional[Target] = None) -> TinySamRemoteResult:
     """``fal-ai/tiny-sam`` on each image of the batch. Prompts are read exactly as the local node
     reads them (same parser, same checks against the image size) before anything is sent."""
     batch = as_image_batch(image)
     b, h, w, _ = batch.shape
-    low, high = schemas.SIZE_RANGE
-    if isinstance(size, bool) or not isinstance(size, int) or not low <= size <= high:
-        raise ValueError(f"size must be a whole number of pixels from {low} to {high}, got {size!r}")
-    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0.0 <= confidence <= 1.0:
-        raise ValueError(f"confidence must be a number from 0 to 1, got {confidence!r}")
+    SIZE.check(size)
+    CONFIDENCE.check(confidence)
     timeout = _check_timeout(timeout)
     prompts = parse_prompts(b, w, h, point_prompt, point_label, box_prompt, bboxes, positive_coords, negative_coords)
     target = target or resolve_target(endpoint)

@@ -1,11 +1,11 @@
 """The two endpoints' inputs and outputs, shared by the client (``client``/``remote``) and the
 self-hosted server, so both ends agree on one definition.
 
-``fal-ai/tiny-sam`` (fal's published schema, field names and defaults verbatim):
-``image_url`` (required), ``size`` 1024, ``confidence`` 0.4, ``box_prompt`` ``[[x,y,w,h],...]``
-default ``[[0,0,0,0]]``, ``point_prompt`` ``[[x,y],...]`` default ``[[0,0]]``, ``point_label``
-``[1|0,...]`` default ``[0]``. fal publishes no ``iou`` field, so neither end uses one (the
-self-hosted server runs FastSAM with the local node's default, 0.9).
+``fal-ai/tiny-sam`` (fal's published schema, field names verbatim; defaults and ranges from
+``samkit/tiny_sam_params.py``, which cites fal): ``image_url`` (required), ``size``,
+``confidence``, ``box_prompt`` ``[[x,y,w,h],...]``, ``point_prompt`` ``[[x,y],...]``,
+``point_label`` ``[1|0,...]``. fal publishes no ``iou`` field, so neither end uses one (the
+self-hosted server runs FastSAM with the local node's default).
 
 ``fal-ai/image-preprocessors/sam``: ``image_url`` only.
 
@@ -24,6 +24,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from ..tiny_sam_params import CONFIDENCE, NO_BOX, NO_LABEL, NO_POINT, SIZE
+
 TINY_SAM = "fal-ai/tiny-sam"
 SEGMENTATION_MAP = "fal-ai/image-preprocessors/sam"
 ENDPOINT_IDS = (TINY_SAM, SEGMENTATION_MAP)
@@ -33,13 +35,13 @@ MAX_DATA_URI_CHARS = 10 * 1024 * 1024
 MAX_HTTPS_URL_CHARS = 2048
 
 TINY_SAM_DEFAULTS = {
-    "size": 1024,
-    "confidence": 0.4,
-    "box_prompt": [[0, 0, 0, 0]],
-    "point_prompt": [[0, 0]],
-    "point_label": [0],
+    "size": SIZE.default,
+    "confidence": CONFIDENCE.default,
+    "box_prompt": NO_BOX.value,
+    "point_prompt": NO_POINT.value,
+    "point_label": NO_LABEL.value,
 }
-SIZE_RANGE = (32, 4096)
+SIZE_RANGE = (SIZE.min, SIZE.max)
 
 _DATA_URI = re.compile(r"^data:(image/[A-Za-z0-9.+-]+)(;[^,;]+=[^,;]*)*;base64,", re.ASCII)
 _SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -163,7 +165,7 @@ def validate_tiny_sam(body: Any) -> list[dict]:
     if body is None:
         return errors
     errors += _check_number(body, "size", *SIZE_RANGE, integer=True)
-    errors += _check_number(body, "confidence", 0.0, 1.0, integer=False)
+    errors += _check_number(body, "confidence", CONFIDENCE.min, CONFIDENCE.max, integer=False)
     errors += _check_list_of_lists(body, "box_prompt", 4)
     errors += _check_list_of_lists(body, "point_prompt", 2)
     errors += _check_labels(body)
@@ -211,8 +213,8 @@ def tiny_sam_arguments(image_url: str, size: int, confidence: float, points, lab
     ``corner_boxes`` ``(x0, y0, x1, y1)`` (what ``prompts.parse_prompts`` gives), sent as fal's
     ``[x, y, w, h]`` boxes.
 
-    No prompt is written as fal's defaults (``[[0,0]]``/``[0]``/``[[0,0,0,0]]``), which both
-    fal and the local code read as "no prompt".
+    No prompt is written as fal's defaults (``tiny_sam_params.NO_POINT`` etc.), which both fal
+    and the local code read as "no prompt".
     """
     boxes = [[_plain_number(v) for v in (x0, y0, x1 - x0, y1 - y0)] for x0, y0, x1, y1 in corner_boxes]
     return {

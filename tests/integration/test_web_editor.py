@@ -185,15 +185,18 @@ def test_leaves_prompts_it_cannot_show_alone_until_cleared(page):
 
 
 def test_prompt_text_round_trip(page):
-    """The editor's parser and writer (exported by the module) on fal's formats."""
+    """The editor's parser and writer (exported by the module) on fal's formats, with the "no prompt"
+    texts read from the node definition the server sends (as the editor reads them)."""
     result = page.evaluate("""async () => {
       const m = await import(new URL("/extensions/comfyui-sam-kit/js/prompts.js", location.href).href);
-      const errorOf = (...args) => { try { m.parsePrompts(...args); return null; } catch (e) { return e.message; } };
+      const defs = await (await fetch(new URL("/object_info/SamKitTinySAM", location.href))).json();
+      const config = m.promptConfig(defs.SamKitTinySAM);
+      const errorOf = (...args) => { try { m.parsePrompts(...args, config); return null; } catch (e) { return e.message; } };
       return {
-        sentinels: m.parsePrompts("[[0,0,0,0]]", "[[0,0]]", "[0]"),
-        empty: m.formatPrompts({ points: [], boxes: [] }),
-        sentinelInside: m.parsePrompts("[[1, 2, 3, 4]]", "[[5,6],[0,0],[7,8]]", "[1,0,0]"),
-        written: m.formatPrompts({ points: [{ x: 5, y: 6, label: 1 }, { x: 7, y: 8, label: 0 }], boxes: [{ x: 1, y: 2, w: 3, h: 4 }] }),
+        sentinels: m.parsePrompts("[[0,0,0,0]]", "[[0,0]]", "[0]", config),
+        empty: m.formatPrompts({ points: [], boxes: [] }, config),
+        sentinelInside: m.parsePrompts("[[1, 2, 3, 4]]", "[[5,6],[0,0],[7,8]]", "[1,0,0]", config),
+        written: m.formatPrompts({ points: [{ x: 5, y: 6, label: 1 }, { x: 7, y: 8, label: 0 }], boxes: [{ x: 1, y: 2, w: 3, h: 4 }] }, config),
         mismatch: errorOf("[]", "[[5,6]]", "[1,0]"),
         perImage: errorOf("[[[1,2,3,4]],[[1,2,3,4]]]", "[[0,0]]", "[0]"),
         badJson: errorOf("[[1,2,3,4]", "[[0,0]]", "[0]"),

@@ -9,7 +9,7 @@
 
 import { app } from "../../../scripts/app.js";
 import { imageUrlFor, isDetached, linkedInputs, recordUndoStep, watch } from "./editor_sync.js";
-import { PROMPT_WIDGETS, boxBetween, fitImage, formatPrompts, parsePrompts, pixelAt } from "./prompts.js";
+import { PROMPT_WIDGETS, boxBetween, fitImage, formatPrompts, parsePrompts, pixelAt, promptConfig } from "./prompts.js";
 
 // the local node and its fal twin take the same three prompt widgets
 const NODE_IDS = new Set(["SamKitTinySAM", "SamKitFalTinySAM"]);
@@ -18,10 +18,12 @@ const DRAG_THRESHOLD = 5; // CSS px a press must move before it is a box rather 
 const HIT_RADIUS = 8; // CSS px around a point (or a box's ✕) that a click deletes
 const MIN_HEIGHT = 160;
 const HINT = "Click: + point · Right-click or Shift+click: − point · Drag: box · Click a point or a box's ✕ to remove it";
+const configs = new Map(); // node type → promptConfig of its definition (its widgets' "no prompt" defaults)
 
 class PromptEditor {
-  constructor(node) {
+  constructor(node, config) {
     this.node = node;
+    this.config = config;
     this.prompts = { points: [], boxes: [] };
     this.error = null; // set when the widgets hold something the editor must not overwrite
     this.widgetKey = null;
@@ -91,7 +93,7 @@ class PromptEditor {
     if (key !== this.widgetKey) {
       this.widgetKey = key;
       try {
-        this.prompts = parsePrompts(...texts);
+        this.prompts = parsePrompts(...texts, this.config);
         this.error = null;
       } catch (err) {
         this.error = err.message;
@@ -193,7 +195,7 @@ class PromptEditor {
       next[hit.kind].splice(hit.index, 1);
       this.commit(next);
     } else if (this.insideImage(fit, p)) {
-      const pixel = pixelAt(fit, this.image.naturalWidth, this.image.naturalHeight, p.x, p.y);
+      const pixel = pixelAt(fit, this.image.naturalWidth, this.image.naturalHeight, p.x, p.y, this.config);
       const label = press.button === 2 || press.shift || e.shiftKey ? 0 : 1;
       this.commit({ points: [...points, { ...pixel, label }], boxes });
     } else {
@@ -204,7 +206,7 @@ class PromptEditor {
   /** Write prompts to the widgets (the source of truth), as LiteGraph's own widget edits do, and show them. */
   commit(prompts) {
     if (this.detached()) return;
-    const texts = formatPrompts(prompts);
+    const texts = formatPrompts(prompts, this.config);
     let changed = false;
     this.writing = true;
     try {
@@ -324,6 +326,13 @@ app.registerExtension({
 
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (!NODE_IDS.has(nodeData?.name)) return;
+    try {
+      configs.set(nodeData.name, promptConfig(nodeData));
+    } catch (err) {
+      configs.delete(nodeData.name);
+      console.error("[SAM Kit] no prompt editor on this node type:", err); // its text widgets still work
+      return;
+    }
     // after a workflow load the widgets hold the saved prompts: show them straight away
     chain(nodeType.prototype, "onConfigure", function () { this.samkitEditor?.sync(); });
     // typed text (classic prompt dialog, Nodes 2.0 inputs) and other widget edits go through here
@@ -334,8 +343,9 @@ app.registerExtension({
   },
 
   async nodeCreated(node) {
-    if (!NODE_IDS.has(node.comfyClass) || node.samkitEditor) return;
-    const editor = new PromptEditor(node);
+    const config = configs.get(node.comfyClass);
+    if (!config || node.samkitEditor) return;
+    const editor = new PromptEditor(node, config);
     node.samkitEditor = editor;
     const widget = node.addDOMWidget(EDITOR_NAME, "samkit_prompt_editor", editor.root, {
       serialize: false, // the STRING widgets carry the prompts; this one adds nothing to the workflow or prompt
