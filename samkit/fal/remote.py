@@ -36,7 +36,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .. import runtime
-from ..images import as_image_batch, to_uint8_rgb
+from ..images import ImageDecodeError, as_image_batch, rgb8_from_pil, to_uint8_rgb
 from ..prompts import parse_prompts
 from . import schemas
 from .keys import Target, resolve_target
@@ -94,8 +94,10 @@ def decode_result(data: bytes, request_id: str) -> RemoteImage:
                 if alpha.min() == 255:
                     alpha = None
                 pixels = np.asarray(rgba.convert("RGB")).copy()
-            else:
-                pixels = np.asarray(img.convert("RGB")).copy()
+            else:  # 16-bit and float results get the local decoder's scaling (images.rgb8_from_pil)
+                pixels = rgb8_from_pil(img, f"the result file of request {request_id}")
+    except ImageDecodeError as exc:
+        raise FalDownloadError(str(exc), request_id=request_id) from None
     except (UnidentifiedImageError, OSError, ImportError, Image.DecompressionBombError) as exc:  # ImportError: see server.py
         raise FalDownloadError(f"the result file of request {request_id} is not a readable image "
                                f"({type(exc).__name__})", request_id=request_id) from None
