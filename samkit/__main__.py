@@ -128,7 +128,7 @@ def cmd_download(args) -> int:
     from . import registry
 
     for name in args.names:
-        print(registry.resolve_model_path(name, download=True))
+        print(registry.resolve_model_path(name, download=True, folders_only=True))  # into the model folder
     return 0
 
 

@@ -91,7 +91,7 @@ def format_of(path: Path, head: bytes | None = None) -> str:
     return "other"
 
 
-def describe(path: Path, head: bytes) -> str:
+def describe(head: bytes) -> str:
     looks = describe_head(head)
     return f"is {looks}, not model weights" if looks else "is not in a model format SAM Kit knows (unrecognised binary data)"
 
@@ -157,8 +157,8 @@ def read_state_dict(path: Path) -> dict:
     if kind == "other":
         looks = describe_head(head)
         if looks is None or looks.startswith(("an HTML", "a text", "a JSON", "a Git LFS")):  # a failed download
-            raise damaged(path, describe(path, head))
-        raise unsupported(path, describe(path, head))
+            raise damaged(path, describe(head))
+        raise unsupported(path, describe(head))
     if kind == "safetensors":
         data = _load_safetensors(path)
     elif kind == "torch_zip" and _zip_problem(path, check_crc=False) == "torchscript":
@@ -231,14 +231,16 @@ def load_fastsam(path: Path):
     Ultralytics pickles whole modules (no weights-only format exists for them), and reads only
     names ending in ``.pt`` as its checkpoints (``Model._load``; ``torch_safe_load`` asserts the
     suffix): any other name is taken for an exported model and left unloaded (the field report:
-    ``'str' object has no attribute 'parameters'``). Other names are handed to it under a ``.pt``
+    ``'str' object has no attribute 'parameters'``); it also drops ``'`` from paths and reads
+    ``?``/``%`` as URL syntax. Other names and such paths are handed to it under a ``.pt``
     name in a private temporary folder: a symbolic link (no copy), else a hard link, else a
     copy; the loaded runner then points back at ``path``.
     """
     from ultralytics import FastSAM
 
     try:
-        if path.name.lower().endswith(".pt"):
+        # ultralytics also rewrites the path as a URL (drops ' and what follows ?, unquotes %xx)
+        if path.name.lower().endswith(".pt") and not any(c in str(path) for c in "'?%"):
             runner = FastSAM(str(path))
         else:
             runner = _fastsam_under_pt_name(FastSAM, path)

@@ -142,7 +142,7 @@ def fastsam_reference():
     return image, found
 
 
-@pytest.mark.parametrize("file_name", NAMES + ["FastSAM-x.pt", "sam_vit_h_4b8939.pth", "weights.PTH"])
+@pytest.mark.parametrize("file_name", NAMES + ["FastSAM-x.pt", "sam_vit_h_4b8939.pth", "weights.PTH", "it's fast?sam%20.pt"])
 def test_fastsam_loads_under_any_name_and_segments_as_the_pt(file_name, _isolated_model_dir, fastsam_reference):
     image, expected = fastsam_reference
     path = _isolated_model_dir / file_name
