@@ -172,7 +172,8 @@ def read_state_dict(path: Path) -> dict:
     if isinstance(data, torch.Tensor):
         raise unsupported(path, "holds a single tensor, not a state dict (a name → tensor mapping)")
     if not isinstance(data, dict) or not data:
-        raise unsupported(path, f"holds {'an empty dict' if isinstance(data, dict) else type(data).__name__}, not a state dict of tensors")
+        held = "an empty dict" if isinstance(data, dict) else type(data).__name__
+        raise unsupported(path, f"holds {held}, not a state dict of tensors")
     others = sorted(f"{k} ({type(v).__name__})" for k, v in data.items() if not isinstance(v, torch.Tensor))
     if others:
         raise unsupported(path, f"holds Python values other than tensors ({', '.join(others[:4])}"

@@ -16,7 +16,14 @@ import pytest
 from PIL import Image
 
 from comfyui_sam_kit.samkit.fal import schemas
-from comfyui_sam_kit.samkit.images import ImageDecodeError, decode_image_bytes, load_image_file, read_image, to_uint8_rgb
+from comfyui_sam_kit.samkit.images import (
+    ImageDecodeError,
+    decode_image_bytes,
+    load_image_file,
+    read_image,
+    rgb8_from_pil,
+    to_uint8_rgb,
+)
 from testsupport.checkpoints import build_small_sam, save_sam_checkpoint
 from testsupport.fal_server import SERVER_KEY, serve, small_model
 from testsupport.image_cases import bad_cases, good_cases, jpeg_with_orientation
@@ -45,6 +52,25 @@ def test_the_reported_16_bit_ramp_keeps_its_256_levels(tmp_path):
     rgb = read_image(tmp_path / "ramp.png")
     assert len(np.unique(rgb)) == 256 and (rgb == 255).mean() < 0.01
     assert np.array_equal(rgb[0, :, 0], np.round(ramp[0] / 257.0).astype(np.uint8))
+
+
+def test_modes_no_file_format_writes_are_converted_by_the_same_rules():
+    # PA (palette + alpha) and 16-bit little/big endian built in memory; La (premultiplied grey +
+    # alpha) has no conversion to RGB in Pillow and is refused naming the image
+    rng = np.random.default_rng(3)
+    palette = rng.integers(0, 256, (8, 3), dtype=np.uint8)
+    index = rng.integers(0, 8, (5, 7), dtype=np.uint8)
+    alpha = rng.integers(0, 256, (5, 7), dtype=np.uint8)
+    pa = Image.frombytes("PA", (7, 5), np.stack([index, alpha], -1).tobytes())
+    pa.putpalette(palette.flatten().tolist())
+    assert np.array_equal(rgb8_from_pil(pa), palette[index])
+    values = rng.integers(0, 65536, (5, 7), dtype=np.uint16)
+    for mode, dtype in (("I;16L", "<u2"), ("I;16B", ">u2")):
+        img = Image.frombytes(mode, (7, 5), values.astype(dtype).tobytes())
+        expected = np.round(values / 257.0).astype(np.uint8)
+        assert np.array_equal(rgb8_from_pil(img), np.repeat(expected[..., None], 3, axis=2)), mode
+    with pytest.raises(ImageDecodeError, match="upload.png has the pixel mode La"):
+        rgb8_from_pil(Image.new("La", (2, 2)), "upload.png")
 
 
 @pytest.mark.parametrize("orientation", [3, 6, 8])

@@ -123,7 +123,8 @@ def _env(model_dir, home):
 def test_cli_segmap_with_a_relative_model_path(layout, model, tmp_path, _isolated_model_dir):
     Image.fromarray((np.random.default_rng(0).random((20, 30, 3)) * 255).astype(np.uint8)).save("img.png")
     done = subprocess.run([sys.executable, "-m", "samkit", "segmap", "img.png", "--model", model, "--device", "cpu",
-                           "--points-per-side", "2", "--out", "out"], cwd=Path.cwd(), env=_env(_isolated_model_dir, tmp_path / "home"),
+                           "--points-per-side", "2", "--out", "out"], cwd=Path.cwd(),
+                          env=_env(_isolated_model_dir, tmp_path / "home"),
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert np.asarray(Image.open("out/img_segmap.png")).shape == (20, 30, 3)
@@ -142,7 +143,8 @@ def test_cli_in_process_resolves_against_the_working_folder(layout, monkeypatch,
 
 def test_serve_with_a_relative_model_path(layout, tmp_path, _isolated_model_dir, monkeypatch, capsys):
     proc = subprocess.Popen([sys.executable, "-m", "samkit", "serve", "--model", "./models/my_sam.pth", "--device", "cpu",
-                             "--port", "0", "--no-require-key"], cwd=Path.cwd(), env=_env(_isolated_model_dir, tmp_path / "home"),
+                             "--port", "0", "--no-require-key"], cwd=Path.cwd(),
+                            env=_env(_isolated_model_dir, tmp_path / "home"),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: "queue.Queue[str]" = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from testsupport.checkpoints import build_small_sam, save_fastsam_checkpoint
+from testsupport.checkpoints import build_small_sam
 
 
 @functools.lru_cache(maxsize=1)
@@ -145,8 +145,3 @@ MEMBERS = {
     "torchscript archive": (_torchscript, "UnsupportedCheckpoint", "TorchScript"),
     "zip of other things": (_zip_of_other_things, "UnsupportedCheckpoint", "zip archive that is not"),
 }
-
-
-def write_fastsam_seg(path) -> Path:
-    """A FastSAM-format (YOLOv8n-seg, one class) checkpoint at ``path``, whatever its extension."""
-    return save_fastsam_checkpoint(Path(path))
