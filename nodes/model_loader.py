@@ -34,7 +34,8 @@ class SamKitModelLoader:
         }
 
     def load(self, model_name, device="auto", precision="auto"):
-        return (load_model(model_name, device=device, precision=precision),)
+        # a name in models/sams, never a path: a workflow cannot point the loader elsewhere
+        return (load_model(model_name, device=device, precision=precision, folders_only=True),)
 
 
 NODE_CLASS_MAPPINGS = {"SamKitModelLoader": SamKitModelLoader}

@@ -7,7 +7,11 @@
     python -m samkit serve --port 8765 ...   # the self-hosted fal-compatible endpoint
 
 Weights download on first use into the model folder (``SAMKIT_MODELS_DIR`` or a per-user
-folder; inside ComfyUI, models/sams).
+folder; inside ComfyUI, models/sams). ``--model`` is read as a path first, as a shell would:
+``./x.pth``, ``../x.pth``, ``~/x.pth`` and absolute paths are only ever that file; any other name
+(``x.pth``, ``sub/x.pth``) is the file at that path from the current folder if there is one, else
+the file of that name in the model folder, else a known model to download
+(``registry.find_model_file``). Image files are decoded by ``images.read_image``'s rules.
 """
 
 from __future__ import annotations
@@ -22,7 +26,10 @@ from . import tiny_sam_params as P
 
 
 def _add_model_args(parser: argparse.ArgumentParser, default_model: str) -> None:
-    parser.add_argument("--model", default=default_model, help=f"model file name or path (default {default_model})")
+    parser.add_argument("--model", default=default_model,
+                        help="model file: a path (absolute, ~/..., ./..., ../..., or any name that exists from the "
+                             "current folder), else a file name in the model folder; a known model that is in "
+                             f"neither is downloaded (default {default_model})")
     parser.add_argument("--device", default="auto", choices=["auto", "gpu", "cpu"])
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     parser.add_argument("--out", default="out", help="output folder (created if missing)")
@@ -122,7 +129,7 @@ def cmd_download(args) -> int:
     from . import registry
 
     for name in args.names:
-        print(registry.resolve_model_path(name, download=True))
+        print(registry.resolve_model_path(name, download=True, folders_only=True))  # into the model folder
     return 0
 
 

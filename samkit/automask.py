@@ -33,6 +33,7 @@ from .point_decoder import (
     share_image,
     upsample_chunk_size,
 )
+from .sam_transforms import sam_resize
 
 # Pure helpers from the reference implementation: reusing them keeps the grid, crop boxes and
 # box maths identical to segment-anything's.
@@ -46,7 +47,6 @@ from segment_anything.utils.amg import (
     uncrop_boxes_xyxy,
     uncrop_points,
 )
-from segment_anything.utils.transforms import ResizeLongestSide
 
 
 @dataclass(frozen=True)
@@ -184,7 +184,7 @@ def encode_image(sam: Sam, image: np.ndarray) -> tuple[torch.Tensor, tuple]:
     """
     device = next(sam.parameters()).device
     dtype = next(sam.image_encoder.parameters()).dtype
-    transform = ResizeLongestSide(sam.image_encoder.img_size)
+    transform = sam_resize(sam)  # ResizeLongestSide without 0-pixel sides (thin strips)
     resized = transform.apply_image(image)
     tensor = torch.as_tensor(resized, device=device).permute(2, 0, 1).contiguous()[None]
     input_size = tuple(tensor.shape[-2:])
@@ -210,7 +210,7 @@ def _process_crop(
     features, input_size = encode_image(sam, crop)
     device = features.device
     dtype = features.dtype
-    transform = ResizeLongestSide(sam.image_encoder.img_size)
+    transform = sam_resize(sam)  # ResizeLongestSide without 0-pixel sides (thin strips)
     threshold = sam.mask_threshold
     orig_h, orig_w = orig_size
     decode_chunk = decode_chunk_size(sam, features)
@@ -351,6 +351,11 @@ def generate_segments(sam: Sam, image: np.ndarray, settings: Optional[AutoMaskSe
     bar = runtime.progress(total_batches, "segmenting")
     crops = []
     for crop_box, layer_idx in zip(crop_boxes, layer_idxs):
+        if crop_box[2] <= crop_box[0] or crop_box[3] <= crop_box[1]:
+            # generate_crop_boxes places crops past the edge of images a few pixels wide (a 1x1
+            # image's second crop column starts at x=1); they hold no pixel and add nothing
+            bar.update(-(-len(grids[layer_idx]) // settings.points_per_batch))
+            continue
         crop = _process_crop(sam, image, crop_box, layer_idx, orig_size, grids, settings, lambda: bar.update(1),
                              counts)
         if crop is not None and len(crop["iou"]):

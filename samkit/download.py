@@ -45,15 +45,27 @@ def _manual_hint(model: KnownModel, folder: Path, url: str) -> str:
 def verify_checkpoint_file(path: Path, sha256: str | None = None, digest: str | None = None) -> None:
     """Raise if the file is not a complete checkpoint.
 
-    Torch checkpoints are zip archives whose members carry CRC-32s: ``testzip`` reads every
-    member and catches truncation and corruption even where no checksum was published.
+    The format is read from the bytes (``model_files.format_of``). Torch checkpoints are zip
+    archives whose members carry CRC-32s: ``testzip`` reads every member and catches truncation
+    and corruption even where no checksum was published. A safetensors file's header must
+    describe exactly the bytes that follow it.
     """
+    from .model_files import format_of, safetensors_problem
+    from .sniff import describe_head, read_head
+
     if sha256 is not None and digest is not None and digest.lower() != sha256.lower():
         raise DownloadError(f"checksum mismatch: expected sha256 {sha256}, got {digest}")
-    if path.suffix.lower() == ".safetensors":
+    head = read_head(path)
+    kind = format_of(path, head)
+    if kind == "safetensors":
+        problem = safetensors_problem(path)
+        if problem is not None:
+            raise DownloadError(f"the safetensors file is damaged or incomplete: {problem}")
         return
-    if not zipfile.is_zipfile(path):
-        raise DownloadError("the file is not a PyTorch checkpoint (not a zip archive; an HTML error page?)")
+    if kind == "zip_cut_short":
+        raise DownloadError("the archive is cut short (its end is missing)")
+    if kind != "torch_zip":
+        raise DownloadError(f"the file is not a PyTorch checkpoint but {describe_head(head) or 'unrecognised data'}")
     with zipfile.ZipFile(path) as archive:
         bad = archive.testzip()
     if bad is not None:

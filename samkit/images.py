@@ -7,11 +7,14 @@ MASK is ``[B,H,W]`` float in 0..1 (some nodes hand over ``[H,W]``).
 from __future__ import annotations
 
 import io
+import struct
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+
+from .sniff import describe_head, read_head
 
 
 def as_image_batch(image: torch.Tensor, name: str = "image") -> torch.Tensor:
@@ -65,18 +68,145 @@ def from_uint8_rgb(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array)).float().div_(255.0).unsqueeze(0)
 
 
-def load_image_file(path: str | Path) -> torch.Tensor:
-    """Read an image file (any PIL format; EXIF orientation applied) as ``[1,H,W,3]``."""
-    with Image.open(path) as img:
-        img = ImageOps.exif_transpose(img)
-        rgb = img.convert("RGB")
-        return from_uint8_rgb(np.asarray(rgb))
+class ImageDecodeError(ValueError):
+    """An image file or upload that cannot become the right picture; the message names it and says what to do."""
 
 
-def decode_image_bytes(data: bytes) -> torch.Tensor:
-    with Image.open(io.BytesIO(data)) as img:
-        img = ImageOps.exif_transpose(img)
-        return from_uint8_rgb(np.asarray(img.convert("RGB")))
+#: Pillow's unsigned 16-bit greyscale modes (16-bit PNG and TIFF open as these since Pillow 10)
+_UINT16_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _from_16bit(values: np.ndarray) -> np.ndarray:
+    """0..65535 → 0..255, rounded to nearest (v·255/65535 is never exactly halfway)."""
+    return ((values.astype(np.int64) * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def rgb8_from_pil(img: Image.Image, name: str = "image") -> np.ndarray:
+    """One decoded Pillow frame as the ``[H,W,3]`` uint8 RGB picture SAM sees.
+
+    The rules (ComfyUI's ``LoadImage`` where it gets the picture right, noted where not):
+
+    * 8-bit modes (``L``, ``RGB``, ``P``, ``1``, ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``, ...): Pillow's
+      ``convert("RGB")``, as ComfyUI does. ``1`` is 0/255; palette entries keep their colour;
+      CMYK uses Pillow's formula ``R = (255-C)(255-K)/255`` (no ICC colour management, like ComfyUI).
+    * Alpha (``RGBA``, ``LA``, ``PA``, a palette with transparency): dropped, the colour under it is
+      kept, not composited. ComfyUI does the same and hands alpha over as a separate MASK.
+    * 16-bit greyscale (``I;16*``: 16-bit PNG and TIFF): full range, ``round(v·255/65535)``. ComfyUI
+      differs: with current Pillow these files open as ``I;16`` and its ``convert("RGB")`` clips
+      every value above 255 to white (a 16-bit ramp becomes 3 colours); its rule for ``I`` (divide
+      by 255, then clip) saturates the top 0.4 % of the range.
+    * 32-bit integer (``I``): read as 16-bit data, as ComfyUI reads it, when every value is in
+      0..65535; other values have no agreed 8-bit meaning, so the image is refused.
+    * 32-bit float (``F``): judged by its range. In 0..1: ``round(v·255)``; else in 0..255:
+      ``round(v)`` (Pillow's own scale for ``F``). NaN, infinity, negative values or values above
+      255 are refused (there is no right picture to guess).
+
+    Raises :class:`ImageDecodeError` naming ``name`` and what to do.
+    """
+    mode = img.mode
+    if mode in _UINT16_MODES:
+        grey = _from_16bit(np.asarray(img))
+    elif mode == "I":
+        values = np.asarray(img)
+        lo, hi = int(values.min()), int(values.max())
+        if lo < 0 or hi > 65535:
+            raise ImageDecodeError(
+                f"{name} holds 32-bit integer pixels from {lo} to {hi}, beyond the 16-bit range 0..65535; "
+                "there is no standard way to show them as an 8-bit picture. Convert it to 8- or 16-bit first "
+                "(choosing the brightness range you want to see).")
+        grey = _from_16bit(values)
+    elif mode == "F":
+        values = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise ImageDecodeError(f"{name} holds floating-point pixels that are NaN or infinite; "
+                                   "replace them and save it again (or save it as 8- or 16-bit).")
+        lo, hi = float(values.min()), float(values.max())
+        if lo < 0.0 or hi > 255.0:
+            raise ImageDecodeError(
+                f"{name} holds floating-point pixels from {lo:g} to {hi:g}; SAM Kit reads float images in 0..1 "
+                "or 0..255 only. Scale it into 0..1 (or save it as 8- or 16-bit) first.")
+        scale = 255.0 if hi <= 1.0 else 1.0
+        grey = np.floor(values * scale + 0.5).astype(np.uint8)
+    elif mode == "P" and "transparency" in img.info:
+        # through RGBA: Pillow warns when a palette's transparency is dropped by convert("RGB")
+        return np.array(img.convert("RGBA"))[..., :3].copy()
+    else:
+        try:
+            return np.array(img.convert("RGB"))  # a writable copy: torch warns about read-only arrays
+        except ValueError:
+            raise ImageDecodeError(f"{name} has the pixel mode {mode}, which Pillow cannot convert to RGB; "
+                                   "save it as an 8-bit RGB PNG or JPEG first.") from None
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+# Pillow raises many kinds for damaged or foreign data; all mean "not a readable image".
+# (ImportError: once ultralytics is imported it patches Image.open to retry unreadable files as
+# HEIF, which fails with ModuleNotFoundError when pi-heif is not installed.)
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, TypeError, IndexError, KeyError, struct.error,
+                  ImportError, Image.DecompressionBombError)
+
+
+def _unreadable(name: str, head: bytes, exc: BaseException) -> ImageDecodeError:
+    looks = describe_head(head)
+    truncated = isinstance(exc, OSError) and "truncated" in str(exc)
+    if looks and "HEIF" in looks:
+        return ImageDecodeError(f"{name} is {looks}, which this Pillow cannot read; install pillow-heif "
+                                "or save it as PNG or JPEG.")
+    if truncated or (looks and looks.endswith(" image")):  # the format is known, the data is broken
+        kind = looks if looks and looks.endswith(" image") else "an image"
+        return ImageDecodeError(f"{name} is {kind} that is truncated or damaged; export or download it again.")
+    what = f"{looks}, not an image" if looks else "not in an image format Pillow can read"
+    return ImageDecodeError(f"{name} is {what}; give a PNG, JPEG, WebP, TIFF or BMP file.")
+
+
+def read_image(source: str | Path | bytes, name: str | None = None, max_pixels: int | None = None) -> np.ndarray:
+    """Decode an image file (a path) or its bytes to ``[H,W,3]`` uint8 RGB (:func:`rgb8_from_pil`).
+
+    EXIF orientation is applied (as ComfyUI does). Of a multi-frame file (GIF, APNG, TIFF pages)
+    the first frame is read: every caller takes one picture per file (ComfyUI's LoadImage makes
+    a batch of the frames instead). A truncated file is refused, where ComfyUI would fill the
+    missing part with grey. ``max_pixels`` refuses larger images before their pixels are decoded.
+
+    Raises :class:`ImageDecodeError` (a ``ValueError``) naming ``name`` (default: the path, or
+    "image") for anything that does not decode to the right picture.
+    """
+    is_bytes = isinstance(source, (bytes, bytearray, memoryview))
+    name = name or ("image" if is_bytes else str(source))
+    if not is_bytes:
+        path = Path(source)
+        if path.is_dir():
+            raise ImageDecodeError(f"{name} is a folder, not an image file.")
+        try:
+            head = read_head(path)
+        except OSError as exc:
+            raise ImageDecodeError(f"cannot read {name}: {exc.strerror or exc}") from None
+        opener = lambda: Image.open(path)  # noqa: E731
+    else:
+        head = bytes(source[:512])
+        opener = lambda: Image.open(io.BytesIO(source))  # noqa: E731
+    try:
+        with opener() as img:
+            w, h = img.size
+            if max_pixels is not None and w * h > max_pixels:
+                raise ImageDecodeError(f"{name} is {w}x{h}; at most {max_pixels} pixels are accepted. "
+                                       "Scale it down first.")
+            img.seek(0)
+            img.load()
+            return rgb8_from_pil(ImageOps.exif_transpose(img), name)
+    except ImageDecodeError:
+        raise
+    except _DECODE_ERRORS as exc:
+        raise _unreadable(name, head, exc) from None
+
+
+def load_image_file(path: str | Path, max_pixels: int | None = None) -> torch.Tensor:
+    """Read an image file as a ``[1,H,W,3]`` IMAGE by :func:`read_image`'s rules."""
+    return from_uint8_rgb(read_image(path, max_pixels=max_pixels))
+
+
+def decode_image_bytes(data: bytes, name: str = "image", max_pixels: int | None = None) -> torch.Tensor:
+    """Decode image bytes (an upload) as a ``[1,H,W,3]`` IMAGE by :func:`read_image`'s rules."""
+    return from_uint8_rgb(read_image(data, name, max_pixels))
 
 
 def encode_png(image: torch.Tensor) -> bytes:

@@ -3,7 +3,10 @@
 * segment-anything ``Sam`` checkpoints (vit_b / vit_l / vit_h and smaller custom ViTs): the
   encoder, prompt encoder and decoder configurations are derived from tensor shapes;
 * MobileSAM / TinySAM (TinyViT encoder, "vit_t"): likewise;
-* FastSAM: an ultralytics YOLO-seg checkpoint, loaded by ultralytics itself.
+* FastSAM: an ultralytics YOLO-seg checkpoint, loaded by ultralytics itself (under any name).
+
+Formats are read from the bytes too (``model_files``): a safetensors file named ``.pth`` loads,
+and every unreadable or foreign file raises one ``registry.ModelFileError`` naming it.
 
 Loaded models are cached by (file, size, mtime, device, dtype): running a workflow again
 loads nothing.
@@ -14,7 +17,6 @@ from __future__ import annotations
 import logging
 import re
 import threading
-import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import partial
@@ -23,8 +25,10 @@ from typing import Any, Optional
 
 import torch
 
-from . import registry, runtime
+from . import model_files, registry, runtime
+from .model_files import DamagedCheckpoint, UnsupportedCheckpoint  # noqa: F401  (the loader's errors)
 from .models import FASTSAM_FAMILY, SAM_FAMILY, LoadedModel
+from .registry import ModelFileError  # noqa: F401
 from .tiny_vit import TinyViT, TinyViTConfig
 
 log = logging.getLogger("comfyui-sam-kit")
@@ -34,14 +38,6 @@ _cache: "OrderedDict[tuple, LoadedModel]" = OrderedDict()
 _cache_lock = threading.Lock()
 #: how many checkpoints were read from disk (tests and benchmarks check reuse with it)
 load_count = 0
-
-
-class UnsupportedCheckpoint(ValueError):
-    pass
-
-
-class DamagedCheckpoint(ValueError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -75,38 +71,11 @@ class SamConfig:
 
 def _is_ultralytics_checkpoint(path: Path) -> bool:
     """Ultralytics pickles whole modules; their pickle names ultralytics' classes."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
-        return any(b"ultralytics" in archive.read(n) for n in pickles)
+    return model_files.is_ultralytics(path)
 
 
 def _read_state_dict(path: Path) -> dict:
-    if path.suffix.lower() == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many kinds here; all mean "not a readable checkpoint"
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
-                if archive.testzip() is None:
-                    raise UnsupportedCheckpoint(
-                        f"{path.name} holds Python objects other than tensors ({type(exc).__name__}); "
-                        "only plain state-dict checkpoints (SAM, MobileSAM, TinySAM) and ultralytics FastSAM files are supported."
-                    ) from exc
-        raise DamagedCheckpoint(
-            f"{path} could not be read ({type(exc).__name__}); the file is damaged or incomplete. "
-            "Delete it and download it again."
-        ) from exc
-    for key in ("model", "state_dict"):
-        if isinstance(data, dict) and isinstance(data.get(key), dict):
-            data = data[key]
-    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise UnsupportedCheckpoint(f"{path.name} is not a state dict of tensors")
-    return data
+    return model_files.read_state_dict(path)
 
 
 def _describe(state: dict) -> str:
@@ -122,17 +91,27 @@ def _count(state: dict, pattern: str) -> int:
     return len({m.group(1) for k in state if (m := rx.match(k))})
 
 
-def detect_sam_config(state: dict) -> SamConfig:
-    """Derive a ``Sam``'s configuration from its state dict's keys and shapes."""
+def detect_sam_config(state: dict, name: str = "this state dict") -> SamConfig:
+    """Derive a ``Sam``'s configuration from its state dict's keys and shapes.
+
+    Raises :class:`UnsupportedCheckpoint` ("``name`` is a SAM 2 checkpoint", ...) for state
+    dicts of other networks, with the family where the keys show it.
+    """
     if any(k.startswith(("image_encoder.trunk.", "sam_mask_decoder.", "memory_attention.")) for k in state):
-        raise UnsupportedCheckpoint("this is a SAM 2 checkpoint; SAM Kit loads SAM 1, MobileSAM, TinySAM and FastSAM")
+        raise UnsupportedCheckpoint(f"{name} is a SAM 2 checkpoint, which SAM Kit cannot run (it runs SAM 1)")
     if any(k.startswith("mask_decoder.hf_") for k in state):
-        raise UnsupportedCheckpoint("this is an HQ-SAM checkpoint; SAM Kit loads SAM 1, MobileSAM, TinySAM and FastSAM")
+        raise UnsupportedCheckpoint(f"{name} is an HQ-SAM checkpoint (its mask decoder has HQ layers), which SAM Kit "
+                                    "cannot run (it runs SAM 1)")
+    if any(k.startswith("vision_encoder.") for k in state) and any(k.startswith("prompt_encoder.") for k in state):
+        raise UnsupportedCheckpoint(f"{name} is a Hugging Face transformers SamModel checkpoint; SAM Kit reads the "
+                                    "original segment-anything format (the .pth files Meta publishes)")
     needed = ("prompt_encoder.point_embeddings.0.weight", "mask_decoder.iou_token.weight")
     if not all(k in state for k in needed):
+        yolo = all(k.startswith("model.") for k in state)
         raise UnsupportedCheckpoint(
-            f"not a Segment Anything checkpoint (found keys like: {_describe(state)}); "
-            "SAM Kit loads SAM vit_b/l/h, MobileSAM, TinySAM and FastSAM files"
+            f"{name} is not a Segment Anything checkpoint (found keys like: {_describe(state)})"
+            + ("; it looks like the bare weights of an ultralytics YOLO model: FastSAM needs the .pt file ultralytics "
+               "saves, with its architecture" if yolo else "")
         )
 
     if "image_encoder.patch_embed.proj.weight" in state:
@@ -198,7 +177,8 @@ def detect_sam_config(state: dict) -> SamConfig:
         encoder = "tiny_vit"
     else:
         raise UnsupportedCheckpoint(
-            f"unknown image encoder (found keys like: {_describe(state)}); supported: SAM ViT and TinyViT (MobileSAM/TinySAM)"
+            f"{name} is a SAM checkpoint with an image encoder SAM Kit does not know (found keys like: "
+            f"{_describe(state)}); it runs SAM's ViT and TinyViT (MobileSAM/TinySAM)"
         )
 
     return SamConfig(
@@ -249,30 +229,24 @@ def build_sam(config: SamConfig):
 
 
 def _load_sam(path: Path, state: dict):
-    config = detect_sam_config(state)
-    sam = build_sam(config)
+    try:
+        config = detect_sam_config(state, str(path))
+        sam = build_sam(config)
+    except UnsupportedCheckpoint as exc:
+        raise UnsupportedCheckpoint(f"{exc}. {model_files.advice(path, False)}") from None
+    except (KeyError, IndexError, ValueError, TypeError, AttributeError, RuntimeError) as exc:  # a partial SAM
+        raise model_files.unsupported(path, f"has some Segment Anything keys but is not a complete SAM checkpoint "
+                                            f"({type(exc).__name__}: {str(exc)[:200]})") from None
     try:
         sam.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise UnsupportedCheckpoint(
-            f"{path.name} looks like a {config.arch} SAM checkpoint but its tensors do not fit that architecture: "
-            f"{str(exc).splitlines()[0]}"
-        ) from exc
+        raise model_files.unsupported(path, f"looks like a {config.arch} SAM checkpoint but its tensors do not fit "
+                                            f"that architecture ({str(exc).splitlines()[0][:300]})") from None
     return sam, config.arch
 
 
 def _load_fastsam(path: Path):
-    from ultralytics import FastSAM
-
-    # Ultralytics checkpoints are pickles of whole modules (no weights-only format exists for
-    # them); we only get here for files whose pickle names ultralytics' own classes.
-    try:
-        runner = FastSAM(str(path))
-    except Exception as exc:
-        raise UnsupportedCheckpoint(f"{path.name} is an ultralytics file that FastSAM cannot load: {exc}") from exc
-    if getattr(runner, "task", None) != "segment":
-        raise UnsupportedCheckpoint(f"{path.name} is an ultralytics {runner.task} model; FastSAM needs a segmentation (-seg) model")
-    return runner
+    return model_files.load_fastsam(path)
 
 
 # ---------------------------------------------------------------- public API
@@ -283,10 +257,16 @@ def cache_key(path: Path, device: torch.device, dtype: torch.dtype) -> tuple:
     return (str(path.resolve()), stat.st_size, stat.st_mtime_ns, str(device), str(dtype))
 
 
-def load_model(name_or_path: str | Path, device: str = "auto", precision: str = "auto") -> LoadedModel:
-    """Load (or reuse) a model by file name in the model folders, or by path."""
+def load_model(name_or_path: str | Path, device: str = "auto", precision: str = "auto",
+               folders_only: bool = False) -> LoadedModel:
+    """Load (or reuse) a model by name or path (``registry.find_model_file``'s rules; the
+    ComfyUI node passes ``folders_only=True``: names inside the model folders only).
+
+    Raises ``FileNotFoundError`` (saying where it looked) or a ``registry.ModelFileError``
+    (``DamagedCheckpoint`` / ``UnsupportedCheckpoint``) naming the file and what to do.
+    """
     global load_count
-    path = registry.resolve_model_path(str(name_or_path))
+    path = registry.resolve_model_path(str(name_or_path), folders_only=folders_only)
     torch_device = runtime.resolve_device(device)
     dtype = runtime.resolve_dtype(precision, torch_device)
     key = cache_key(path, torch_device, dtype)

@@ -28,6 +28,11 @@ MODEL_EXTENSIONS = (".pt", ".pth", ".safetensors", ".bin", ".ckpt")
 ENV_MODELS_DIR = "SAMKIT_MODELS_DIR"
 
 
+class ModelFileError(ValueError):
+    """A model file that exists but cannot be loaded. The message names the file, says what it
+    looks like and what to do (``model_files`` raises its subclasses for the file's contents)."""
+
+
 @dataclass(frozen=True)
 class KnownModel:
     """A model the pack can download.
@@ -214,21 +219,55 @@ def list_model_choices() -> list:
     return present + [m.file_name for m in KNOWN_MODELS if m.file_name not in present_names]
 
 
-def find_model_file(name: str) -> Optional[Path]:
-    """The file for a choice: an absolute path as given, else the first folder that holds ``name``."""
+def _is_explicit_path(name: str) -> bool:
+    """A name that can only mean a path: absolute, ``~…``, ``./…``, ``../…`` (either slash)."""
+    return (Path(name).is_absolute() or Path(name).drive != "" or name.startswith("~")
+            or name in (".", "..") or name.startswith(("./", "../", ".\\", "..\\")))
+
+
+def _as_model_file(path: Path) -> Path:
+    if path.is_dir():
+        raise ModelFileError(f"{path} is a folder, not a model file; give the checkpoint file itself "
+                             f"(supported: {', '.join(MODEL_EXTENSIONS)}).")
+    return path
+
+
+def find_model_file(name: str, folders_only: bool = False) -> Optional[Path]:
+    """The file a model name means, or ``None``.
+
+    Command line and library (``folders_only=False``), the way a shell reads a path first:
+
+    1. absolute, ``~/…``, ``./…`` and ``../…`` names are paths (relative ones from the current
+       folder) and nothing else: never looked up in the model folders;
+    2. another relative name (``my_sam.pth``, ``sub/my_sam.pth``) that exists from the current
+       folder is that file;
+    3. otherwise the first model folder that holds it (sub-folders as listed by
+       :func:`installed_models`).
+
+    Inside ComfyUI (``folders_only=True``, the loader node) a name is only ever a file inside a
+    model folder: absolute paths, ``~`` and ``..`` that leaves the folder find nothing.
+
+    A folder where a file is expected raises :class:`ModelFileError`.
+    """
     name = str(name).strip()
     if not name:
         return None
-    candidate = Path(name).expanduser()
-    if candidate.is_absolute():
-        return candidate if candidate.is_file() else None
+    given = Path(name)
+    if not folders_only:
+        path = given.expanduser()
+        if _is_explicit_path(name):
+            return _as_model_file(path.absolute()) if path.exists() else None
+        if path.exists():
+            return _as_model_file(path.absolute())
+    elif given.is_absolute() or given.drive or name.startswith("~"):
+        return None
     for folder in model_dirs():
-        path = folder / candidate
+        path = folder / given
         # a choice never points outside its folder ("../../x" from a hand-edited workflow)
         if not _is_inside(path, folder):
             continue
-        if path.is_file():
-            return path
+        if path.exists():
+            return _as_model_file(path)
     return None
 
 
@@ -240,14 +279,24 @@ def _is_inside(path: Path, folder: Path) -> bool:
         return False
 
 
-def resolve_model_path(name: str, download: bool = True) -> Path:
-    """An existing file wins; a known missing model is downloaded; anything else is an error."""
-    path = find_model_file(name)
+def resolve_model_path(name: str, download: bool = True, folders_only: bool = False) -> Path:
+    """An existing file wins (:func:`find_model_file`'s rules); a known missing model is
+    downloaded into the first model folder; anything else raises ``FileNotFoundError`` saying
+    where it looked (or :class:`ModelFileError` for a folder given as a model)."""
+    path = find_model_file(name, folders_only)
     if path is not None:
         return path
+    name = str(name).strip()
     folders = model_dirs()
     where = ", ".join(str(d) for d in folders)
-    known = known_model(str(name).strip())
+    if folders_only and (Path(name).is_absolute() or Path(name).drive or name.startswith("~") or ".." in Path(name).parts):
+        raise FileNotFoundError(
+            f"model {name!r}: inside ComfyUI a model is a file in the model folders ({where}), not a path. "
+            "Put the file in one of them and choose it from the list."
+        )
+    if not folders_only and _is_explicit_path(name):
+        raise FileNotFoundError(f"model file {Path(name).expanduser().absolute()} does not exist (given as {name!r}).")
+    known = known_model(name)
     if known is not None:
         if download:
             from .download import download_model
@@ -257,6 +306,8 @@ def resolve_model_path(name: str, download: bool = True) -> Path:
             f"model {known.file_name} is not in {where} and downloading is off. "
             f"Download it from {known.url} and put it in {folders[0]}."
         )
+    if not folders_only:
+        where = f"the current folder ({Path.cwd()}), then {where}"
     known_names = ", ".join(m.file_name for m in KNOWN_MODELS)
     raise FileNotFoundError(
         f"model {name!r} was not found; looked in: {where}. Put the file in one of these folders "

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from segment_anything.utils.transforms import ResizeLongestSide
 
 from .embedding_cache import EmbeddingCache, ImageEmbedding, embeddings, image_digest, model_token
 from .models import LoadedModel
@@ -43,6 +42,7 @@ from .point_decoder import (
     upsample_chunk_size,
 )
 from .prompts import ImagePrompts
+from .sam_transforms import sam_resize
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def autocast_for(device: torch.device, dtype: torch.dtype):
 @torch.inference_mode()
 def encode_image(sam, image: np.ndarray, device: torch.device, dtype: torch.dtype) -> ImageEmbedding:
     """Encode one RGB uint8 ``[H,W,3]`` image exactly as ``SamPredictor.set_image`` does."""
-    transform = ResizeLongestSide(sam.image_encoder.img_size)
+    transform = sam_resize(sam)  # ResizeLongestSide without 0-pixel sides (thin strips)
     resized = transform.apply_image(image)
     pixels = torch.as_tensor(resized, device=device).permute(2, 0, 1).contiguous()[None]
     input_size = tuple(pixels.shape[-2:])
@@ -137,7 +137,7 @@ def decode_objects(sam, embedding: ImageEmbedding, objects: list[ObjectPrompt], 
     h, w = embedding.original_size
     if not objects:
         return Objects(torch.zeros((0, h, w), dtype=torch.bool, device=device), torch.zeros((0,), device=device))
-    transform = ResizeLongestSide(sam.image_encoder.img_size)
+    transform = sam_resize(sam)  # ResizeLongestSide without 0-pixel sides (thin strips)
     groups: dict[tuple, list[int]] = {}
     for i, obj in enumerate(objects):
         groups.setdefault((obj.box is not None, len(obj.points), obj.multimask), []).append(i)

@@ -54,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                                             "protocol, with local models.")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any free port)")
-    p.add_argument("--model", help="model for both endpoints: a file name in the model folder, or a path "
-                                   "(FastSAM, MobileSAM, TinySAM or SAM)")
+    p.add_argument("--model", help="model for both endpoints (FastSAM, MobileSAM, TinySAM or SAM): a path (absolute, "
+                                   "~/..., ./..., ../..., or a name that exists from the current folder), else a "
+                                   "file name in the model folder")
     p.add_argument("--tiny-sam-model", help="model for fal-ai/tiny-sam only (overrides --model)")
     p.add_argument("--segmap-model", help="model for fal-ai/image-preprocessors/sam only (overrides --model)")
     p.add_argument("--device", default="auto", choices=["auto", "gpu", "cpu"])

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .. import runtime
 from . import schemas
@@ -102,24 +102,18 @@ class JobContext:
         return self._job.id
 
     def image(self, name: str = "image_url"):
-        """The input image as a ``[1,H,W,3]`` IMAGE tensor (alpha dropped, as the local nodes do)."""
-        from ..images import from_uint8_rgb
+        """The input image as a ``[1,H,W,3]`` IMAGE tensor, decoded by ``images.read_image``'s rules
+        (the command line's: 16-bit and float images scaled right, alpha dropped, first frame)."""
+        from ..images import ImageDecodeError, decode_image_bytes
 
         try:
             _mime, data = schemas.decode_data_uri(self._job.arguments[name])
         except ValueError as exc:
             raise InputError(f"Could not load image from {name}: {exc}", name) from None
         try:
-            with Image.open(io.BytesIO(data)) as img:
-                w, h = img.size
-                if w * h > self._settings.max_image_pixels:
-                    raise InputError(f"image is {w}x{h}; this server takes at most {self._settings.max_image_pixels} pixels", name)
-                rgb = np.array(img.convert("RGB"))  # a writable copy: torch warns about read-only arrays
-        # ImportError: once ultralytics is imported it patches Image.open to retry unreadable
-        # files as HEIF, which fails with ModuleNotFoundError when pi-heif is not installed
-        except (UnidentifiedImageError, OSError, ImportError, Image.DecompressionBombError):
-            raise InputError(f"Could not load image from {name}: not a readable image", name) from None
-        return from_uint8_rgb(rgb)
+            return decode_image_bytes(data, "the image", self._settings.max_image_pixels)
+        except ImageDecodeError as exc:
+            raise InputError(f"Could not load image from {name}: {exc}", name) from None
 
 
 Handler = Callable[[dict, JobContext], Any]

@@ -36,7 +36,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .. import runtime
-from ..images import as_image_batch, to_uint8_rgb
+from ..images import ImageDecodeError, as_image_batch, rgb8_from_pil, to_uint8_rgb
 from ..prompts import parse_prompts
 from ..tiny_sam_params import CONFIDENCE, NO_BOX, NO_LABEL, NO_POINT, SIZE
 from . import schemas
@@ -99,9 +99,11 @@ def decode_result(data: bytes, request_id: str) -> RemoteImage:
                 if alpha.min() == 255:
                     alpha = None
                 pixels = np.asarray(rgba.convert("RGB")).copy()
-            else:
-                pixels = np.asarray(img.convert("RGB")).copy()
-    except (UnidentifiedImageError, OSError, ImportError, Image.DecompressionBombError) as exc:  # ImportError: see jobs.py
+            else:  # 16-bit and float results get the local decoder's scaling (images.rgb8_from_pil)
+                pixels = rgb8_from_pil(img, f"the result file of request {request_id}")
+    except ImageDecodeError as exc:
+        raise FalDownloadError(str(exc), request_id=request_id) from None
+    except (UnidentifiedImageError, OSError, ImportError, Image.DecompressionBombError) as exc:  # ImportError: see images.py (ultralytics patches Image.open)
         raise FalDownloadError(f"the result file of request {request_id} is not a readable image "
                                f"({type(exc).__name__})", request_id=request_id) from None
     return RemoteImage(request_id, pixels, alpha, lossless)
