@@ -4,25 +4,43 @@ Imported by the node modules. Inside ComfyUI it installs ``samkit.runtime`` hook
 ``comfy.utils.ProgressBar`` and ``comfy.model_management`` and registers the ``sams`` model
 folder. Without ComfyUI (tests, the CLI) every function here falls back to plain behaviour,
 so node classes can be exercised directly.
+
+Memory: every loaded model, on every device (the CPU too), is registered with ComfyUI's memory
+manager through a :class:`SamKitModelPatcher` that lives exactly as long as the pack's
+``LoadedModel``. ComfyUI therefore counts it, moves it off the GPU to make room, and unloads it on
+"unload models" (``POST /free``). Once ComfyUI has dropped it from its loaded list, the pack's
+loader cache lets go of it too, so when ComfyUI's execution cache no longer holds it either
+(``free_memory`` resets that cache) the model, its patcher and its image embeddings are freed.
+A model the loader's own cache drops is freed the same way. The next run loads it again; the
+C heap is trimmed after a model is freed (see ``_trim_heap_after_collection``).
+One gap is ComfyUI's: "unload models" unloads only the models of ComfyUI's main device, so on a
+GPU machine a model loaded with device ``cpu`` stays until the loader's cache drops it.
 """
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import logging
 import os
+import weakref
 
-from ..samkit import runtime
+import torch
+
+from ..samkit import loader, runtime
 
 log = logging.getLogger("comfyui-sam-kit")
 
 try:  # ComfyUI's modules exist only inside a running ComfyUI
     import comfy.model_management as model_management  # type: ignore
+    import comfy.model_patcher as model_patcher  # type: ignore
     import comfy.utils as comfy_utils  # type: ignore
     import folder_paths  # type: ignore
 
     IN_COMFY = True
 except Exception:  # pragma: no cover - exercised by the integration tests instead
     model_management = None
+    model_patcher = None
     comfy_utils = None
     folder_paths = None
     IN_COMFY = False
@@ -83,33 +101,116 @@ def _comfy_device(choice: str):
     return device
 
 
-_patchers: "dict[int, object]" = {}
+class SamKitWeights(torch.nn.Module):
+    """What ComfyUI's ModelPatcher manages for one pack model: the model's module, as a child.
+
+    ModelPatcher keeps its bookkeeping (``device``, bytes loaded) as attributes of the module it
+    manages, and segment-anything's ``Sam.device`` is a read-only property: the pack's modules are
+    never handed over bare. The name shows in ComfyUI's log ("Requested to load SamKitWeights").
+    """
+
+    def __init__(self, module: torch.nn.Module, name: str):
+        super().__init__()
+        self.module = module
+        self.samkit_name = name
+        first = next(module.parameters(), None)
+        self.device = first.device if first is not None else torch.device("cpu")
+
+
+if IN_COMFY:
+
+    class SamKitModelPatcher(model_patcher.ModelPatcher):
+        """ComfyUI's ModelPatcher for one pack model.
+
+        * Loads whole: the pack's layers are plain torch modules, which cannot stream weights from
+          the CPU the way ComfyUI's own (comfy.ops) layers do, so a partial ("lowvram") load would
+          leave some of them on the wrong device.
+        * Unloads whole, for the same reason: asked to free part of it, it frees nothing, and
+          ComfyUI then unloads it completely.
+        """
+
+        def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False):
+            return super().load(device_to, lowvram_model_memory=lowvram_model_memory,
+                                force_patch_weights=force_patch_weights, full_load=True)
+
+        def partially_unload(self, device_to, memory_to_free=0):
+            return 0
+
+
+#: each LoadedModel's patcher, dying with it (weak keys: this map never keeps a model alive)
+_patchers: "weakref.WeakKeyDictionary[object, object]" = weakref.WeakKeyDictionary()
+
+
+def _find_malloc_trim():
+    """glibc's ``malloc_trim``, or None (other C libraries: macOS, Windows, musl)."""
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except Exception:
+        return None
+
+
+_malloc_trim = _find_malloc_trim()
+_model_freed = False  # a pack model died since the heap was last trimmed
+
+
+def _note_model_freed() -> None:
+    global _model_freed
+    _model_freed = True
+
+
+def _trim_heap_after_collection(phase: str, info: dict) -> None:
+    """After a full garbage collection that followed a pack model's death, give the C heap's free
+    pages back to the system. Torch allocates weights of a few MiB each from glibc's heap once the
+    process has freed blocks of that size, and glibc keeps freed heap pages: without the trim, the
+    process's memory goes down only the first time a model is freed (measured in
+    tests/integration/test_memory.py)."""
+    global _model_freed
+    if phase == "stop" and info.get("generation") == 2 and _model_freed:
+        _model_freed = False
+        _malloc_trim(0)
+
+
+def _patcher_for(loaded):
+    patcher = _patchers.get(loaded)
+    if patcher is None:
+        weakref.finalize(loaded, _note_model_freed).atexit = False
+        offload = loaded.device if loaded.device.type == "cpu" else model_management.unet_offload_device()
+        patcher = SamKitModelPatcher(SamKitWeights(loaded.module, loaded.name), load_device=loaded.device,
+                                     offload_device=offload)
+        _patchers[loaded] = patcher
+    return patcher
+
+
+def _release(model_ref) -> None:
+    model = model_ref()
+    if model is not None:
+        loader.release(model)
+
+
+def _watch_entry(patcher, loaded) -> None:
+    """When ComfyUI drops the model from its loaded list, the pack's loader lets go of it too.
+
+    The release waits for the death of ComfyUI's entry (``LoadedModel`` of model_management)
+    rather than hooking ``detach``: ComfyUI detaches a model in the middle of its unloading loop,
+    and a model dying there would run ComfyUI's own cleanup of its list while it still indexes it.
+    The entry dies once ComfyUI has taken it out of the list and finished with it.
+    """
+    watched = getattr(patcher, "samkit_entry", None)  # a weak reference to the entry watched last
+    for entry in list(model_management.current_loaded_models):
+        if entry.model is patcher and (watched is None or watched() is not entry):
+            patcher.samkit_entry = weakref.ref(entry)
+            weakref.finalize(entry, _release, weakref.ref(loaded)).atexit = False
 
 
 def _prepare_model(loaded) -> None:
-    """Let ComfyUI's memory manager account for the model and move it to its device.
+    """Register the model with ComfyUI's memory manager and put it on its device.
 
-    The module is wrapped in a ModelPatcher once; ``load_models_gpu`` then frees room for it
-    (unloading other models if needed) and ComfyUI can unload it when it needs memory itself.
+    ``load_models_gpu`` frees room first (unloading other models if needed) and loads the model
+    back if ComfyUI had unloaded it. On the CPU nothing moves: the weights are already there.
     """
-    if loaded.device.type == "cpu":
-        loaded.module.to(loaded.device)
-        return
-    try:
-        import comfy.model_patcher as model_patcher  # type: ignore
-    except Exception:
-        return
-    patcher = _patchers.get(id(loaded.module))
-    if patcher is None:
-        patcher = model_patcher.ModelPatcher(
-            loaded.module, load_device=loaded.device, offload_device=model_management.unet_offload_device()
-        )
-        _patchers[id(loaded.module)] = patcher
+    patcher = _patcher_for(loaded)
     model_management.load_models_gpu([patcher])
-
-
-def forget_model(loaded) -> None:
-    _patchers.pop(id(loaded.module), None)
+    _watch_entry(patcher, loaded)
 
 
 def _status_text(text: str) -> None:
@@ -136,6 +237,8 @@ def install_hooks() -> None:
         prepare_model=_prepare_model,
         status_text=_status_text,
     )
+    if _malloc_trim is not None and _trim_heap_after_collection not in gc.callbacks:
+        gc.callbacks.append(_trim_heap_after_collection)
 
 
 install_hooks()

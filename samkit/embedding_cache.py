@@ -11,6 +11,8 @@ An entry is keyed by
 Memory is bounded twice: at most ``max_entries`` entries and at most ``max_bytes`` of tensors;
 the least recently used entries go first. Entries live in CPU memory (a SAM ViT embedding is
 4 MiB in fp32), so the cache never holds GPU memory that ComfyUI's model management cannot see.
+Entries outlive no model: when a model that :func:`model_token` named is garbage-collected (the
+loader's LRU dropped it, or ComfyUI freed it), every cache drops the entries of its token.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import hashlib
 import itertools
 import threading
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Hashable
 
@@ -65,26 +68,51 @@ def image_digest(image: np.ndarray) -> str:
 _module_tokens: "weakref.WeakKeyDictionary[torch.nn.Module, int]" = weakref.WeakKeyDictionary()
 _token_counter = itertools.count(1)
 _token_lock = threading.Lock()
+#: what a token names (a loaded model, or a module built in memory): its death purges the token
+_watched: "weakref.WeakSet[object]" = weakref.WeakSet()
+#: every cache, so a dead model's entries leave all of them
+_caches: "weakref.WeakSet[EmbeddingCache]" = weakref.WeakSet()
 
 
 def model_token(model) -> Hashable:
     """A cache identity for a :class:`~samkit.models.LoadedModel`.
 
     The loader's key names the file and its state; a model without one (built in memory) gets a
-    token that is never reused, unlike ``id()``, which a new object may inherit.
+    token that is never reused, unlike ``id()``, which a new object may inherit. When what the
+    token names is garbage-collected (the LoadedModel for a file, the module for a model built in
+    memory), its entries leave every cache; a model loaded again from the same file encodes again.
     """
     if getattr(model, "key", None):
-        return ("file",) + tuple(model.key)
-    with _token_lock:
-        token = _module_tokens.get(model.module)
-        if token is None:
-            token = next(_token_counter)
-            _module_tokens[model.module] = token
-    return ("memory", token)
+        token, owner = ("file",) + tuple(model.key), model
+    else:
+        owner = model.module
+        with _token_lock:
+            number = _module_tokens.get(owner)
+            if number is None:
+                number = next(_token_counter)
+                _module_tokens[owner] = number
+        token = ("memory", number)
+    if owner not in _watched:
+        with _token_lock:
+            if owner not in _watched:
+                _watched.add(owner)
+                weakref.finalize(owner, _owner_died, token).atexit = False
+    return token
+
+
+def _owner_died(token: Hashable) -> None:
+    # A finalizer may run inside any allocation (a garbage collection), even while this thread
+    # holds a cache's lock: it only queues the token and never waits for a lock.
+    for cache in list(_caches):
+        cache._forget_later(token)
 
 
 class EmbeddingCache:
-    """A bounded LRU of :class:`ImageEmbedding` values."""
+    """A bounded LRU of :class:`ImageEmbedding` values.
+
+    Keys are tuples whose first item is the model's :func:`model_token` (what the purge of a
+    garbage-collected model matches on).
+    """
 
     def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES, max_bytes: int = DEFAULT_MAX_BYTES):
         self.max_entries = int(max_entries)
@@ -92,13 +120,44 @@ class EmbeddingCache:
         self._entries: "OrderedDict[Hashable, ImageEmbedding]" = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+        self._dead_tokens: "deque[Hashable]" = deque()  # queued by finalizers, purged under the lock
         #: how many times the image encoder ran through this cache (tests and benchmarks read it)
         self.encoder_calls = 0
         self.hits = 0
+        _caches.add(self)
+
+    @contextmanager
+    def _locked(self):
+        with self._lock:
+            yield
+            self._purge_dead()
+        # a finalizer that found the lock taken queued its token: purge it now if nobody else will
+        while self._dead_tokens and self._lock.acquire(blocking=False):
+            try:
+                self._purge_dead()
+            finally:
+                self._lock.release()
+
+    def _purge_dead(self) -> None:
+        while self._dead_tokens:
+            self._drop_token(self._dead_tokens.popleft())
+
+    def _drop_token(self, token: Hashable) -> None:
+        doomed = [k for k in self._entries if isinstance(k, tuple) and k and k[0] == token]
+        for k in doomed:
+            self._bytes -= self._entries.pop(k).nbytes
+
+    def _forget_later(self, token: Hashable) -> None:
+        self._dead_tokens.append(token)
+        if self._lock.acquire(blocking=False):
+            try:
+                self._purge_dead()
+            finally:
+                self._lock.release()
 
     def get_or_compute(self, key: Hashable, compute: Callable[[], ImageEmbedding], device: torch.device) -> ImageEmbedding:
         """The entry for ``key`` on ``device``, running ``compute`` (the encoder) only on a miss."""
-        with self._lock:
+        with self._locked():
             hit = self._entries.get(key)
             if hit is not None:
                 self._entries.move_to_end(key)
@@ -106,7 +165,7 @@ class EmbeddingCache:
         if hit is not None:
             return hit.to(device)
         value = compute()
-        with self._lock:
+        with self._locked():
             self.encoder_calls += 1
         self._store(key, value.to(torch.device("cpu")))
         return value
@@ -114,7 +173,7 @@ class EmbeddingCache:
     def _store(self, key: Hashable, value: ImageEmbedding) -> None:
         if self.max_entries <= 0 or value.nbytes > self.max_bytes:
             return  # too big to keep at all: the next run encodes again
-        with self._lock:
+        with self._locked():
             old = self._entries.pop(key, None)
             if old is not None:
                 self._bytes -= old.nbytes
@@ -125,20 +184,20 @@ class EmbeddingCache:
                 self._bytes -= dropped.nbytes
 
     def __contains__(self, key: Hashable) -> bool:
-        with self._lock:
+        with self._locked():
             return key in self._entries
 
     def __len__(self) -> int:
-        with self._lock:
+        with self._locked():
             return len(self._entries)
 
     @property
     def nbytes(self) -> int:
-        with self._lock:
+        with self._locked():
             return self._bytes
 
     def clear(self) -> None:
-        with self._lock:
+        with self._locked():
             self._entries.clear()
             self._bytes = 0
 

@@ -262,6 +262,12 @@ def load_model(name_or_path: str | Path, device: str = "auto", precision: str = 
     """Load (or reuse) a model by name or path (``registry.find_model_file``'s rules; the
     ComfyUI node passes ``folders_only=True``: names inside the model folders only).
 
+    The ``CACHE_SIZE`` most recently used models stay loaded: loading the same file (same size
+    and mtime) for the same device and dtype again returns the same object. A model the cache
+    drops is freed once nothing else holds it, and with it what the host keeps for it (inside
+    ComfyUI, its ModelPatcher) and its image embeddings. Every model returned has been through
+    ``runtime.prepare_model`` (on its device; inside ComfyUI, registered with its memory manager).
+
     Raises ``FileNotFoundError`` (saying where it looked) or a ``registry.ModelFileError``
     (``DamagedCheckpoint`` / ``UnsupportedCheckpoint``) naming the file and what to do.
     """
@@ -274,8 +280,10 @@ def load_model(name_or_path: str | Path, device: str = "auto", precision: str = 
         cached = _cache.get(key)
         if cached is not None:
             _cache.move_to_end(key)
-            runtime.prepare_model(cached)
-            return cached
+    if cached is not None:
+        # outside the lock: a host making room for this model may unload, and so release, others
+        runtime.prepare_model(cached)
+        return cached
 
     log.info("SAM Kit: loading %s (%s, %s)", path.name, torch_device, dtype)
     if _is_ultralytics_checkpoint(path):
@@ -291,17 +299,62 @@ def load_model(name_or_path: str | Path, device: str = "auto", precision: str = 
         family = SAM_FAMILY
     load_count += 1
     loaded = LoadedModel(path.name, str(path), family, arch, module, runner, torch_device, dtype, key)
+    if loaded.is_fastsam:
+        _keep_one_fastsam_copy(loaded)
     runtime.prepare_model(loaded)
     with _cache_lock:
         _cache[key] = loaded
-        while len(_cache) > CACHE_SIZE:
-            _cache.popitem(last=False)
+        _cache.move_to_end(key)
+        evicted = [_cache.popitem(last=False)[1] for _ in range(len(_cache) - CACHE_SIZE)]
+    # let go outside the lock: a model nobody else holds dies here, with its host state
+    del evicted
     return loaded
+
+
+def _keep_one_fastsam_copy(loaded: LoadedModel) -> None:
+    """Make ``loaded.module`` the weights FastSAM runs, and the only copy kept.
+
+    Ultralytics' predictor (set up on the first prediction) runs a fused deep copy of
+    ``runner.model`` on the device, and ``runner.ckpt`` keeps the checkpoint's modules (the
+    original, an EMA, optimizer state) for training. Left alone, the weights would sit in memory
+    up to three times, and the host (ComfyUI) would manage a copy that never runs. So the
+    predictor is set up now, with one tiny prediction using the arguments every run uses (the
+    device and half precision, which ultralytics would otherwise rebuild the predictor for), and
+    the runner keeps the running copy alone.
+    """
+    import numpy as np
+
+    from .fastsam import predict_everything
+
+    runner = loaded.runner
+    predict_everything(loaded, np.zeros((32, 32, 3), dtype=np.uint8), size=32)
+    running = getattr(getattr(runner.predictor, "model", None), "model", None)  # AutoBackend's (fused) module
+    if not isinstance(running, torch.nn.Module):
+        return  # a layout of another ultralytics version: leave it as it is
+    runner.model = loaded.module = running
+    runner.ckpt = {}  # what ultralytics' Model starts with; only saving and training read it
+
+
+def release(model: LoadedModel) -> bool:
+    """Stop keeping ``model`` in the cache; returns whether the cache held it.
+
+    Hosts call this when they unload a model (ComfyUI: "unload models", or room made for another
+    model), so the pack never pins memory the host released. Whoever still holds the object
+    (ComfyUI's execution cache) can run it again; a later ``load_model`` of its file loads anew.
+    """
+    with _cache_lock:
+        key = next((k for k, held in _cache.items() if held is model), None)
+        if key is None:
+            return False
+        del _cache[key]  # the caller holds ``model``: it cannot die inside the lock
+    return True
 
 
 def clear_cache() -> None:
     with _cache_lock:
+        dropped = list(_cache.values())
         _cache.clear()
+    del dropped  # outside the lock, as in load_model
 
 
 def cached_models() -> list[LoadedModel]:

@@ -10,7 +10,8 @@
   user) and an in-memory database, so nothing is written into the checkout. ``stop()`` ends it.
 * Client methods: ``object_info``, ``queue_prompt`` (raises ``PromptRejected`` with ComfyUI's
   node errors), ``wait_for_history`` (bounded), ``run_prompt``, ``view`` / ``view_image``,
-  ``upload_image``, ``interrupt``, ``queue``, ``delete_queued``, ``models``, ``log_text``.
+  ``upload_image``, ``interrupt``, ``free`` (the UI's "unload models" / "free memory"), ``queue``,
+  ``delete_queued``, ``models``, ``log_text``.
 * History helpers: ``status_of``, ``output_images``, ``cached_nodes``, ``status_messages``.
 
 Loopback only; every wait is bounded.
@@ -267,6 +268,12 @@ class ComfyUIServer:
         response = self.client.post("/interrupt", json=body)
         if response.status_code != 200:
             raise ComfyUIError(f"POST /interrupt -> {response.status_code}: {response.text[:500]}")
+
+    def free(self, unload_models: bool = True, free_memory: bool = True) -> None:
+        """POST /free: ComfyUI's worker thread unloads models / resets its caches when it next wakes."""
+        response = self.client.post("/free", json={"unload_models": unload_models, "free_memory": free_memory})
+        if response.status_code != 200:
+            raise ComfyUIError(f"POST /free -> {response.status_code}: {response.text[:500]}")
 
     def view(self, filename: str, subfolder: str = "", type: str = "output") -> bytes:
         response = self.client.get("/view", params={"filename": filename, "subfolder": subfolder, "type": type})

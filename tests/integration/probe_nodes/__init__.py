@@ -4,7 +4,14 @@ ComfyUI has no core node that turns a LATENT's ``noise_mask`` back into somethin
 read, and sampling with it would need a diffusion model. This probe returns the noise mask that
 SetLatentNoiseMask attached, as a MASK, so the test can save it (MaskToImage -> SaveImage) and
 compare it with the mask it should be.
+
+``memory_probe`` adds a route, ``GET /samkit_test/memory``, reporting the process's memory and
+the models ComfyUI and the pack hold (tests/integration/test_memory.py).
 """
+
+from . import memory_probe
+
+memory_probe.register()
 
 
 class SamKitTestProbeNoiseMask:
