@@ -22,8 +22,8 @@ class SamKitSegmentationMap:
     RETURN_NAMES = ("seg_map", "segments", "coverage")
     OUTPUT_TOOLTIPS = (
         "Colour segmentation map, same size as the input.",
-        "Every segment as its own mask, largest first, all images of the batch one after another "
-        "(an image with no segment gives one empty mask).",
+        "Every segment as its own mask, image after image: each image gives its segments largest first (at most "
+        "max_segments), or exactly one empty mask if it has none, so every image has at least one mask.",
         "Everything that was segmented, one mask per image.",
     )
 
@@ -52,12 +52,17 @@ class SamKitSegmentationMap:
                                              "tooltip": "Overlap above which duplicate masks are merged away."}),
                 "points_per_batch": ("INT", {"default": d.points_per_batch, "min": 1, "max": 1024, "step": 1,
                                              "tooltip": "Points run through the decoder at once. Higher is faster on a GPU and uses more memory; the result is the same."}),
+                "max_segments": ("INT", {"default": 0, "min": 0, "max": 100000, "step": 1,
+                                         "tooltip": "Most segments per image in the segments output, the largest kept (0 = no limit); "
+                                                    "the map and coverage still show every segment. Each segment is a full-size float "
+                                                    "mask (a 4096×3072 image: 50 MB each): if the outputs would not fit in free memory "
+                                                    "the node stops at once and says which value fits."}),
             },
         }
 
     def run(self, model, image, points_per_side, pred_iou_thresh, stability_score_thresh,
             min_mask_region_area, crop_n_layers, seed, box_nms_thresh=_DEFAULTS.box_nms_thresh,
-            points_per_batch=_DEFAULTS.points_per_batch):
+            points_per_batch=_DEFAULTS.points_per_batch, max_segments=0):
         settings = AutoMaskSettings(
             points_per_side=points_per_side,
             points_per_batch=points_per_batch,
@@ -67,7 +72,7 @@ class SamKitSegmentationMap:
             crop_n_layers=crop_n_layers,
             min_mask_region_area=min_mask_region_area,
         )
-        result = segmentation_map(model, image, settings, seed)
+        result = segmentation_map(model, image, settings, seed, max_segments=max_segments)
         return (result.seg_map, result.segments, result.coverage)
 
 

@@ -26,9 +26,10 @@ class SamKitTinySAM:
     OUTPUT_TOOLTIPS = (
         "The objects tinted over the image in fixed colours (fal's combined image of all detected masks).",
         "Union of each image's objects, one mask per image.",
-        "Each object as its own mask, image after image: box objects in box order first. "
-        "One empty mask if nothing was found in the whole batch.",
-        "Each object's box {x, y, width, height, score}, one list per image, in object_masks order.",
+        "Each object as its own mask, image after image: each image gives its objects (box objects first, in box "
+        "order), or exactly one empty mask if it found none. Image i's masks are the next max(len(boxes[i]), 1).",
+        "Each object's box {x, y, width, height, score}, one list per image, in object_masks order; an empty list "
+        "for an image with no object (its one empty mask has no box).",
     )
 
     @classmethod

@@ -85,13 +85,14 @@ def cmd_segmap(args) -> int:
     )
     out = Path(args.out)
     for path in _inputs(args.images):
-        result = segmentation_map(model, load_image_file(path), settings, args.seed)
+        result = segmentation_map(model, load_image_file(path), settings, args.seed,
+                                  max_segments=args.max_segments, segment_masks=args.masks)
         _save(result.seg_map[0], out / f"{path.stem}_segmap.png")
         _save_mask(result.coverage[0], out / f"{path.stem}_coverage.png")
         if args.masks:
             for i in range(result.counts[0]):
                 _save_mask(result.segments[i], out / f"{path.stem}_segments" / f"{i:03d}.png")
-        print(f"{path.name}: {result.counts[0]} segments")
+        print(f"{path.name}: {result.found[0]} segments")
     return 0
 
 
@@ -160,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--crop-n-layers", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--masks", action="store_true", help="also write every segment as a PNG mask")
+    p.add_argument("--max-segments", type=int, default=0,
+                   help="with --masks: write only each image's N largest segments (0 = all)")
     p.set_defaults(func=cmd_segmap)
 
     p = sub.add_parser("tinysam", help="segment with point and box prompts (fal tiny-sam parameters)")

@@ -12,7 +12,9 @@ reference's, so a checkpoint gives the same segments. What changes is where the 
 * surviving masks are upsampled in small chunks on the model's device, scored and boxed
   there, and only their low-resolution logits are kept — no run-length encoding on the CPU,
   and memory stays bounded on large images;
-* only masks that survive NMS are upsampled again at the end.
+* only masks that survive NMS are upsampled again at the end, a chunk at a time, straight into
+  compact storage (``compact.py``: bit-packed boxes), so no full-size tensor of all masks exists;
+  the small-region clean-up also works one mask at a time.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 from torchvision.ops.boxes import batched_nms, box_area
 
 from . import runtime
+from .compact import CompactMasks
 from .point_decoder import (
     decode_chunk_size,
     decode_point_tokens,
@@ -91,11 +94,13 @@ class AutoMaskSettings:
 class Segments:
     """Segments of one image, in the order the reference returns them.
 
-    ``masks`` is bool ``[N,H,W]``; ``boxes`` xyxy ``[N,4]`` (int); ``points`` the prompt that made
-    each mask, in image pixels; ``crop_boxes`` xyxy of the crop each mask came from.
+    ``compact`` holds the masks (:class:`~.compact.CompactMasks`, bit-packed boxes on the CPU);
+    ``masks`` expands them to bool ``[N,H,W]`` (N×H×W bytes: for tests and small images).
+    ``boxes`` xyxy ``[N,4]`` (int); ``points`` the prompt that made each mask, in image pixels;
+    ``crop_boxes`` xyxy of the crop each mask came from.
     """
 
-    masks: torch.Tensor
+    compact: CompactMasks
     boxes: torch.Tensor
     predicted_iou: torch.Tensor
     stability_score: torch.Tensor
@@ -103,16 +108,20 @@ class Segments:
     crop_boxes: torch.Tensor
 
     def __len__(self) -> int:
-        return int(self.masks.shape[0])
+        return len(self.compact)
+
+    @property
+    def masks(self) -> torch.Tensor:
+        return self.compact.dense()
 
     @property
     def areas(self) -> torch.Tensor:
-        return self.masks.flatten(1).sum(1)
+        return self.compact.areas
 
     @classmethod
     def empty(cls, height: int, width: int, device=None) -> "Segments":
         return cls(
-            masks=torch.zeros((0, height, width), dtype=torch.bool, device=device),
+            compact=CompactMasks(height, width),
             boxes=torch.zeros((0, 4), dtype=torch.int64, device=device),
             predicted_iou=torch.zeros((0,), device=device),
             stability_score=torch.zeros((0,), device=device),
@@ -278,6 +287,7 @@ def _process_crop(
         "input_size": input_size,
         "crop_size": crop_size,
         "crop_box": crop_box,
+        "orig_size": orig_size,
         "boxes": uncrop_boxes_xyxy(boxes[keep], crop_box),
         "iou": iou_pred[keep],
         "stability": stability[keep],
@@ -286,42 +296,45 @@ def _process_crop(
     }
 
 
-def _full_masks(sam: Sam, crop: dict, index: torch.Tensor, orig_size: tuple) -> torch.Tensor:
-    """Full-image bool masks for the selected survivors of one crop."""
-    orig_h, orig_w = orig_size
-    x0, y0, x1, y1 = crop["crop_box"]
+def _full_masks(sam: Sam, crop: dict, index: torch.Tensor) -> CompactMasks:
+    """Compact full-image masks of one crop's survivors ``index``, upsampled and packed a chunk at a time."""
+    x0, y0, _, _ = crop["crop_box"]
+    height, width = crop["orig_size"]
     device = crop["low_res"].device
-    out = torch.zeros((len(index), orig_h, orig_w), dtype=torch.bool, device=device)
-    step = upsample_chunk_size(sam, device, orig_h, orig_w)
+    out = CompactMasks(height, width)
+    step = upsample_chunk_size(sam, device, *crop["crop_size"])
     for c in range(0, len(index), step):
-        sel = index[c : c + step]
-        logits = _upsample(sam, crop["low_res"][sel], crop["input_size"], crop["crop_size"])
-        out[c : c + len(sel), y0:y1, x0:x1] = logits > sam.mask_threshold
+        logits = _upsample(sam, crop["low_res"][index[c : c + step]], crop["input_size"], crop["crop_size"])
+        out.add(logits > sam.mask_threshold, offset=(x0, y0))
     return out
 
 
 def _postprocess_small_regions(segments: Segments, min_area: int, nms_thresh: float) -> Segments:
-    """Remove small islands and fill small holes, then re-run NMS (the reference's clean-up)."""
+    """Remove small islands and fill small holes, then re-run NMS (the reference's clean-up), a mask at a time."""
     if len(segments) == 0:
         return segments
-    device = segments.masks.device
-    masks_np = segments.masks.cpu().numpy()
-    new_masks, scores = [], []
-    for mask in masks_np:
-        mask, changed_holes = remove_small_regions(mask, min_area, mode="holes")
+    device = segments.boxes.device
+    store = segments.compact
+    cleaned = CompactMasks(store.height, store.width)
+    scores = []
+    for i in range(len(store)):
+        runtime.check_interrupt()
+        mask, changed_holes = remove_small_regions(store.mask(i), min_area, mode="holes")
         mask, changed_islands = remove_small_regions(mask, min_area, mode="islands")
-        new_masks.append(torch.as_tensor(mask))
-        scores.append(float(not (changed_holes or changed_islands)))
-    masks = torch.stack(new_masks).to(device)
-    boxes = batched_mask_to_box(masks)
+        changed = changed_holes or changed_islands
+        if changed:
+            cleaned.add_numpy(mask)
+        else:  # unchanged: the same packed bits
+            cleaned.entries.append(store.entries[i])
+        scores.append(float(not changed))
+    boxes = cleaned.boxes.to(device)  # batched_mask_to_box of the cleaned masks
     score_t = torch.as_tensor(scores, device=device)
     keep = batched_nms(boxes.float(), score_t, torch.zeros_like(score_t), iou_threshold=nms_thresh)
     # Like the reference: masks that were cleaned take their new pixels and box.
     changed = score_t == 0.0
-    final_masks = torch.where(changed[:, None, None], masks, segments.masks)
     final_boxes = torch.where(changed[:, None], boxes, segments.boxes)
     return Segments(
-        masks=final_masks[keep],
+        compact=cleaned[keep],
         boxes=final_boxes[keep],
         predicted_iou=segments.predicted_iou[keep],
         stability_score=segments.stability_score[keep],
@@ -380,14 +393,17 @@ def generate_segments(sam: Sam, image: np.ndarray, settings: Optional[AutoMaskSe
     else:
         order = torch.arange(len(iou), device=device)
 
-    masks = torch.zeros((len(order), *orig_size), dtype=torch.bool, device=device)
+    # Final masks go straight into compact storage, crop by crop, each to its row of ``order``.
+    entries = [None] * len(order)
     for i, crop in enumerate(crops):
         rows = (crop_id[order] == i).nonzero()[:, 0]
         if rows.numel():
-            masks[rows] = _full_masks(sam, crop, local_idx[order][rows], orig_size)
+            made = _full_masks(sam, crop, local_idx[order][rows])
+            for row, entry in zip(rows.tolist(), made.entries):
+                entries[row] = entry
 
     segments = Segments(
-        masks=masks,
+        compact=CompactMasks(*orig_size, entries),
         boxes=boxes[order],
         predicted_iou=iou[order],
         stability_score=stability[order],

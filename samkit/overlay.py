@@ -32,8 +32,15 @@ def paint_objects(image: torch.Tensor, masks: torch.Tensor, alpha: float = OVERL
     """``image`` ``[H,W,3]`` (float 0..1) with the objects of ``masks`` ``[N,H,W]`` tinted over it."""
     if masks.shape[0] == 0:
         return image.clone()
-    labels = object_label_map(masks).to(image.device)
-    colours = torch.as_tensor(palette(masks.shape[0], seed), device=image.device).float().div_(255.0)
+    return paint_labels(image, object_label_map(masks), masks.shape[0], alpha, seed)
+
+
+def paint_labels(image: torch.Tensor, labels, count: int, alpha: float = OVERLAY_ALPHA, seed: int = 0) -> torch.Tensor:
+    """``image`` ``[H,W,3]`` tinted by a label map ``[H,W]`` (int torch or numpy; object k, -1 for none) of ``count`` objects."""
+    if count == 0:
+        return image.clone()
+    labels = torch.as_tensor(labels).to(image.device).long()
+    colours = torch.as_tensor(palette(count, seed), device=image.device).float().div_(255.0)
     # one extra (unused) colour for label -1, so the tint is a plain gather over the whole frame:
     # whole-frame passes are several times faster than boolean-indexed ones on large images
     colours = torch.cat([colours, colours.new_zeros((1, 3))]).to(image.dtype)

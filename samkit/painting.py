@@ -40,7 +40,11 @@ def palette(count: int, seed: int = 0) -> np.ndarray:
 
 def area_order(masks: torch.Tensor) -> torch.Tensor:
     """Indices of ``masks`` (``[N,H,W]``) from largest to smallest area (stable for ties)."""
-    areas = masks.flatten(1).sum(1)
+    return order_by_area(masks.flatten(1).sum(1))
+
+
+def order_by_area(areas: torch.Tensor) -> torch.Tensor:
+    """Indices of ``areas`` (pixel counts ``[N]``) from largest to smallest, ties in their given order."""
     return torch.sort(areas, descending=True, stable=True).indices
 
 
@@ -56,9 +60,18 @@ def paint_segments(masks: torch.Tensor, seed: int = 0, colours: np.ndarray | Non
     labels = torch.full((h, w), -1, dtype=torch.int64, device=masks.device)
     for i in range(n):
         labels[masks[i] > 0.5] = i
-    lut = torch.cat([torch.zeros((1, 3), dtype=torch.uint8), torch.as_tensor(colours, dtype=torch.uint8)])
-    painted = lut.to(masks.device)[labels + 1]
-    return painted.float() / 255.0
+    return colour_labels(labels, colours).float() / 255.0
+
+
+def colour_labels(labels: torch.Tensor | np.ndarray, colours: np.ndarray) -> torch.Tensor:
+    """uint8 ``[H,W,3]``: colour ``labels[y, x]`` of ``colours`` at each pixel, black where the label is -1.
+
+    ``labels`` is an int ``[H,W]`` label map (torch or numpy, e.g. ``CompactMasks.label_map``);
+    the result is on the labels' device (CPU for numpy).
+    """
+    labels = torch.as_tensor(labels)
+    lut = torch.cat([torch.zeros((1, 3), dtype=torch.uint8), torch.as_tensor(colours, dtype=torch.uint8).reshape(-1, 3)])
+    return lut.to(labels.device)[labels.long() + 1]
 
 
 def colour_mask(seg_map: torch.Tensor, rgb: tuple[int, int, int]) -> torch.Tensor:

@@ -91,6 +91,33 @@ def _move_to_device(loaded) -> None:
         loaded.module.to(loaded.device)
 
 
+def _system_available_memory() -> Optional[int]:
+    """Bytes the OS can still hand out: /proc/meminfo's MemAvailable, else psutil when installed."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil  # ComfyUI ships it; the pack does not require it
+    except ImportError:
+        return None
+    return int(psutil.virtual_memory().available)
+
+
+def _default_available_memory(device: torch.device, needed: int = 0) -> Optional[int]:
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        # blocks torch's caching allocator holds but does not use are free for a new tensor too
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    if device.type in ("cpu", "mps"):  # MPS shares the system's memory
+        return _system_available_memory()
+    return None
+
+
 @dataclass
 class Hooks:
     #: factory(total, label) -> Progress
@@ -107,6 +134,9 @@ class Hooks:
     prepare_model: Callable[[object], None] = field(default=lambda loaded: _move_to_device(loaded))
     #: a short status line for the user (ComfyUI shows it on the node)
     status_text: Callable[[str], None] = field(default=lambda text: None)
+    #: (device, needed bytes) -> bytes that may still be allocated there, or None if unknown (no
+    #: check). Asked before large outputs are allocated; a host may make room first (unload models).
+    available_memory: Callable[[torch.device, int], Optional[int]] = field(default=_default_available_memory)
 
 
 hooks = Hooks()
@@ -148,6 +178,12 @@ def prepare_model(loaded) -> None:
 
 def status_text(text: str) -> None:
     hooks.status_text(text)
+
+
+def available_memory(device: torch.device, needed: int = 0) -> Optional[int]:
+    """Bytes that may still be allocated on ``device`` (None: unknown). ``needed``: what the caller wants."""
+    value = hooks.available_memory(torch.device(device), int(needed))
+    return None if value is None else int(value)
 
 
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:

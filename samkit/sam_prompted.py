@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .compact import CompactMasks
 from .embedding_cache import EmbeddingCache, ImageEmbedding, embeddings, image_digest, model_token
 from .models import LoadedModel
 from .point_decoder import (
@@ -60,15 +61,21 @@ class ObjectPrompt:
 
 @dataclass
 class Objects:
-    """Objects of one image: bool ``masks`` ``[K,H,W]`` and ``scores`` ``[K]`` on the model's device."""
+    """Objects of one image: ``masks`` and ``scores`` ``[K]`` on the model's device.
 
-    masks: torch.Tensor
+    ``masks`` is bool ``[K,H,W]`` on the model's device for prompted objects, and
+    :class:`~.compact.CompactMasks` in everything mode (hundreds of masks: kept compact until the
+    outputs are made).
+    """
+
+    masks: torch.Tensor | CompactMasks
     scores: torch.Tensor
 
     def __len__(self) -> int:
-        return int(self.masks.shape[0])
+        return len(self.masks)
 
     def keep(self, index: torch.Tensor) -> "Objects":
+        index = index.to(self.scores.device)
         return Objects(self.masks[index], self.scores[index])
 
 
@@ -178,7 +185,7 @@ def _everything(model: LoadedModel, image: np.ndarray) -> Objects:
 
     with autocast_for(model.device, model.dtype):
         segments = generate_segments(model.runner, image, AutoMaskSettings())
-    return Objects(segments.masks, segments.predicted_iou.float())
+    return Objects(segments.compact, segments.predicted_iou.float())
 
 
 def segment_prompted(model: LoadedModel, image: np.ndarray, prompts: ImagePrompts, confidence: float,
@@ -187,9 +194,8 @@ def segment_prompted(model: LoadedModel, image: np.ndarray, prompts: ImagePrompt
     if prompts.empty or not (prompts.boxes or prompts.has_positive):
         found = _everything(model, image)
         if prompts.points:  # background points only: drop the segments under them (FastSAM's rule)
-            xs = torch.as_tensor([int(x) for x, _ in prompts.points], device=found.masks.device)
-            ys = torch.as_tensor([int(y) for _, y in prompts.points], device=found.masks.device)
-            found = found.keep(~found.masks[:, ys, xs].any(dim=1))
+            under = found.masks.values_at([int(x) for x, _ in prompts.points], [int(y) for _, y in prompts.points])
+            found = found.keep(~under.any(dim=1))
         return found
     objects = plan_objects(prompts)
     embedding = embed_image(model, image, cache)

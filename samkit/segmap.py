@@ -1,67 +1,133 @@
-"""The SAM Segmentation Map job: segment everything in each image of a batch and paint it."""
+"""The SAM Segmentation Map job: segment everything in each image of a batch and paint it.
+
+Memory: each image's segments are kept compact (``compact.py``: bit-packed boxes) until every
+image's count is known; then the outputs' size is checked against the free memory of the output
+device (``outputs.ensure_fits``: fail at once, with the numbers and what to change), the outputs
+are allocated once, and filled mask by mask. Peak memory is the outputs plus a bounded working
+set (an image-sized label map and one mask), where a tensor pipeline held several full-size
+copies of every mask (bool, sorted, float32, concatenated).
+"""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 
-from . import runtime
+from . import outputs, runtime
 from .automask import AutoMaskSettings, generate_segments
+from .compact import CompactMasks
 from .images import as_image_batch, to_uint8_rgb
 from .models import LoadedModel
-from .painting import area_order, paint_segments
+from .painting import colour_labels, order_by_area, palette
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class SegMapResult:
-    #: colour map ``[B,H,W,3]``
+    #: colour map ``[B,H,W,3]`` float32, every segment painted (largest first, smaller on top)
     seg_map: torch.Tensor
-    #: every segment of every image, largest first per image ``[N,H,W]``; an image with no
-    #: segment contributes one empty mask, so the batch is never empty and images stay countable
-    segments: torch.Tensor
-    #: union of each image's segments ``[B,H,W]``
+    #: float32 ``[N,H,W]``, the rule of ``outputs.py``: each image's segments largest first (at
+    #: most ``max_segments`` of them), image after image; an image with none gives one empty mask.
+    #: None when ``segment_masks=False``.
+    segments: torch.Tensor | None
+    #: union of each image's segments ``[B,H,W]`` float32
     coverage: torch.Tensor
-    #: number of real segments per image
+    #: segments of each image in ``segments`` (image i's rows: ``outputs.mask_rows(counts)``)
     counts: list[int]
+    #: segments each image had before ``max_segments`` (equal to ``counts`` when nothing was capped)
+    found: list[int]
 
 
-def _segments_of(model: LoadedModel, image_u8, settings: AutoMaskSettings) -> torch.Tensor:
-    """Bool ``[N,H,W]`` masks for one image, on the model's device."""
+def _segments_of(model: LoadedModel, image_u8, settings: AutoMaskSettings) -> CompactMasks:
+    """Compact masks of one image, in the model's order."""
     if model.is_sam:
-        return generate_segments(model.runner, image_u8, settings).masks
+        return generate_segments(model.runner, image_u8, settings).compact
     if model.is_fastsam:
         from .fastsam import segment_everything  # FastSAM's own everything mode
 
-        return segment_everything(model, image_u8)
+        return CompactMasks.from_dense(segment_everything(model, image_u8))
     raise ValueError(f"model family {model.family!r} cannot segment everything")
 
 
+_OUTPUTS = outputs.BatchOutputs("SAM Segmentation Map", "segments", "segments", "seg_map and coverage", 4)
+
+
+def _ensure_fits(counts: list[int], pending: int, h: int, w: int, max_segments: int, segment_masks: bool,
+                 device: torch.device) -> None:
+    capped = [min(c, max_segments) if max_segments else c for c in counts]
+
+    def remedies(free: int) -> list[str]:
+        found = counts + [1] * pending
+
+        def fits(cap: int) -> bool:
+            return _OUTPUTS.bytes_needed([min(c, cap) for c in found], h, w) <= free
+
+        fixes = []
+        if segment_masks and fits(1):  # name the largest per-image cap that fits
+            lo, hi = 1, max(found)
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+            fixes.append(f"set max_segments to {lo} or less (keeps each image's largest segments)")
+        if segment_masks:
+            fixes.append("raise min_mask_region_area, pred_iou_thresh or stability_score_thresh so fewer segments survive")
+        fixes.append("segment a smaller image" + (" or fewer images at once" if len(found) > 1 else ""))
+        return fixes
+
+    _OUTPUTS.ensure_fits(capped, pending, h, w, device, remedies, with_masks=segment_masks)
+
+
 def segmentation_map(
-    model: LoadedModel, image: torch.Tensor, settings: AutoMaskSettings | None = None, seed: int = 0
+    model: LoadedModel, image: torch.Tensor, settings: AutoMaskSettings | None = None, seed: int = 0,
+    max_segments: int = 0, segment_masks: bool = True,
 ) -> SegMapResult:
+    """Segment everything in each image of ``image`` (IMAGE ``[B,H,W,C]``) and paint it.
+
+    ``max_segments`` (0 = no limit) keeps only each image's largest segments in ``segments``; the
+    map and coverage still show every segment. ``segment_masks=False`` skips the ``segments``
+    output (the command line without ``--masks``). Raises ``ValueError`` for bad inputs and
+    ``outputs.OutputTooLarge`` when the outputs would not fit in the output device's free memory.
+    """
     settings = (settings or AutoMaskSettings()).validate()
+    if isinstance(max_segments, bool) or not isinstance(max_segments, int) or max_segments < 0:
+        raise ValueError(f"max_segments must be a whole number, 0 (no limit) or more, got {max_segments!r}")
     batch = as_image_batch(image)
     b, h, w, _ = batch.shape
     out = runtime.output_device()
+    # even one segment per image may not fit: say so before any model work
+    _ensure_fits([], b, h, w, max_segments, segment_masks, out)
     runtime.prepare_model(model)
 
-    maps, all_segments, coverage, counts = [], [], [], []
+    stores: list[CompactMasks] = []
     for i in range(b):
         runtime.check_interrupt()
-        masks = _segments_of(model, to_uint8_rgb(batch[i]), settings)
-        masks = masks[area_order(masks)]
-        counts.append(int(masks.shape[0]))
-        maps.append(paint_segments(masks, seed).to(out))
-        if masks.shape[0]:
-            all_segments.append(masks.to(out, torch.float32))
-            coverage.append(masks.any(0).to(out, torch.float32))
-        else:
-            all_segments.append(torch.zeros((1, h, w), dtype=torch.float32, device=out))
-            coverage.append(torch.zeros((h, w), dtype=torch.float32, device=out))
-    return SegMapResult(
-        seg_map=torch.stack(maps),
-        segments=torch.cat(all_segments),
-        coverage=torch.stack(coverage),
-        counts=counts,
-    )
+        found = _segments_of(model, to_uint8_rgb(batch[i]), settings)
+        stores.append(found[order_by_area(found.areas)])
+        del found
+        if i + 1 < b:  # fail as soon as the images so far are too many
+            _ensure_fits([len(s) for s in stores], b - i - 1, h, w, max_segments, segment_masks, out)
+    found_counts = [len(s) for s in stores]
+    counts = [min(c, max_segments) if max_segments else c for c in found_counts]
+    _ensure_fits(found_counts, 0, h, w, max_segments, segment_masks, out)
+    if counts != found_counts:
+        capped = ", ".join(f"image {i + 1}: {k} of {n}" for i, (k, n) in enumerate(zip(counts, found_counts)) if k < n)
+        message = f"max_segments = {max_segments}: kept the largest segments only ({capped}); seg_map shows them all"
+        log.warning(message)
+        runtime.status_text(message)
+
+    rows = outputs.mask_rows(counts)
+    seg_map = torch.zeros((b, h, w, 3), dtype=torch.float32, device=out)
+    coverage = torch.zeros((b, h, w), dtype=torch.float32, device=out)
+    segments = torch.zeros((rows[-1], h, w), dtype=torch.float32, device=out) if segment_masks else None
+    for i, store in enumerate(stores):
+        runtime.check_interrupt()
+        labels = store.label_map()  # stores are largest first: smaller segments end up on top
+        seg_map[i].copy_(colour_labels(labels, palette(len(store), seed))).div_(255.0)
+        coverage[i].copy_(torch.from_numpy(labels >= 0))
+        del labels
+        if segments is not None:
+            store.write(segments[rows[i] : rows[i + 1]], range(counts[i]))
+    return SegMapResult(seg_map=seg_map, segments=segments, coverage=coverage, counts=counts, found=found_counts)

@@ -18,15 +18,20 @@ Outputs, all at the input's resolution, on ``runtime.output_device()``:
 * ``image`` ``[B,H,W,3]``: the objects tinted over the input (fal's "combined image of all
   detected masks"), deterministic colours;
 * ``mask`` ``[B,H,W]``: union of each image's objects;
-* ``object_masks`` ``[N,H,W]``: every object of every image, image after image. Objects picked by
-  boxes come first, in box order, then the others in the model's order; without boxes or
-  foreground points (everything mode) largest first. If the whole batch has no object, it is one
-  empty mask, so the shape stays valid for other nodes;
+* ``object_masks`` ``[N,H,W]``: every object of every image, image after image, by the rule of
+  ``outputs.py``: each image contributes its objects, and an image with none exactly one empty
+  mask (image i's masks are rows ``outputs.mask_rows(counts)[i]`` up to the next). Objects picked
+  by boxes come first, in box order, then the others in the model's order; without boxes or
+  foreground points (everything mode) largest first;
 * ``boxes``: one list per image (core ``BOUNDING_BOX`` as core SAM3 outputs it) of
   ``{"x", "y", "width", "height", "score"}`` in pixels, the tight box of each object's mask, in
-  ``object_masks`` order. ``score`` is FastSAM's confidence or SAM's predicted mask quality.
+  ``object_masks`` order; ``[]`` for an image with no object (its empty mask has no box), so
+  ``len(boxes[i])`` is image i's object count. ``score`` is FastSAM's confidence or SAM's
+  predicted mask quality.
 
-Objects whose mask is empty are dropped.
+Objects whose mask is empty are dropped. Masks are kept compact (``compact.py``) until every
+image is done; the outputs are then allocated once, after a check that they fit in free memory
+(``outputs.OutputTooLarge`` otherwise).
 """
 
 from __future__ import annotations
@@ -36,11 +41,12 @@ from typing import Any
 
 import torch
 
-from . import runtime
+from . import outputs, runtime
+from .compact import CompactMasks
 from .images import as_image_batch, to_uint8_rgb
 from .models import LoadedModel
-from .overlay import paint_objects
-from .painting import area_order
+from .overlay import paint_labels
+from .painting import order_by_area
 from .prompts import ImagePrompts, parse_prompts
 from .tiny_sam_params import CONFIDENCE, IOU, NO_BOX, NO_LABEL, NO_POINT, SIZE
 
@@ -75,28 +81,13 @@ class TinySamRequest:
 class TinySamResult:
     image: torch.Tensor  # [B,H,W,3] objects tinted over the input
     mask: torch.Tensor  # [B,H,W] union of each image's objects
-    object_masks: torch.Tensor  # [N,H,W]; [1,H,W] empty when the batch has no object
+    object_masks: torch.Tensor  # [N,H,W]; each image its objects, or one empty mask when it has none
     boxes: list  # per image: [{x, y, width, height, score}]
     counts: list = field(default_factory=list)  # objects per image
 
 
-def mask_boxes(masks: torch.Tensor, scores: torch.Tensor) -> list[dict]:
-    """Tight ``{x, y, width, height, score}`` boxes of non-empty bool masks ``[N,H,W]``."""
-    if masks.shape[0] == 0:
-        return []
-    rows = masks.any(dim=2)  # [N,H]
-    cols = masks.any(dim=1)  # [N,W]
-    h, w = masks.shape[1:]
-    y0 = rows.int().argmax(dim=1)
-    y1 = h - 1 - rows.flip(1).int().argmax(dim=1)
-    x0 = cols.int().argmax(dim=1)
-    x1 = w - 1 - cols.flip(1).int().argmax(dim=1)
-    values = torch.stack([x0, y0, x1 - x0 + 1, y1 - y0 + 1], dim=1).tolist()
-    return [{"x": x, "y": y, "width": bw, "height": bh, "score": round(float(s), 4)}
-            for (x, y, bw, bh), s in zip(values, scores.tolist())]
-
-
-def _objects(model: LoadedModel, image, prompts: ImagePrompts, request: TinySamRequest):
+def _objects(model: LoadedModel, image, prompts: ImagePrompts, request: TinySamRequest) -> tuple[CompactMasks, torch.Tensor]:
+    """One image's non-empty objects (compact masks, scores) in output order."""
     if model.is_fastsam:
         from .fastsam import segment_prompted
 
@@ -107,43 +98,77 @@ def _objects(model: LoadedModel, image, prompts: ImagePrompts, request: TinySamR
         found = segment_prompted(model, image, prompts, request.confidence)
     else:
         raise ValueError(f"Tiny SAM cannot run a {model.family!r} model; load FastSAM, MobileSAM, TinySAM or SAM")
-    masks, scores = found.masks, found.scores
-    keep = masks.flatten(1).any(dim=1)
-    masks, scores = masks[keep], scores[keep]
+    masks = found.masks if isinstance(found.masks, CompactMasks) else CompactMasks.from_dense(found.masks)
+    scores = found.scores
+    del found  # dense masks go now: only compact ones wait for the other images
+    keep = masks.areas > 0
+    masks, scores = masks[keep], scores[keep.to(scores.device)]
     if not (prompts.boxes or prompts.has_positive):  # everything mode: largest first
-        order = area_order(masks)
-        masks, scores = masks[order], scores[order]
+        order = order_by_area(masks.areas)
+        masks, scores = masks[order], scores[order.to(scores.device)]
     return masks, scores
 
 
+def _boxes(masks: CompactMasks, scores: torch.Tensor) -> list[dict]:
+    """Tight ``{x, y, width, height, score}`` boxes (pixels, inclusive) of non-empty compact masks."""
+    return [{"x": x0, "y": y0, "width": x1 - x0 + 1, "height": y1 - y0 + 1, "score": round(float(s), 4)}
+            for (x0, y0, x1, y1), s in zip(masks.boxes.tolist(), scores.tolist())]
+
+
+_OUTPUTS = outputs.BatchOutputs("Tiny SAM", "objects", "object_masks", "image and mask", 4)
+
+
+def _remedies(per_image: list[ImagePrompts]):
+    everything = any(not (p.boxes or p.has_positive) for p in per_image)
+
+    def remedies(free: int) -> list[str]:
+        fixes = ["prompt only the objects you want (points or boxes) instead of segmenting everything"] if everything else []
+        return fixes + ["segment a smaller image" + (" or fewer images at once" if len(per_image) > 1 else "")]
+
+    return remedies
+
+
 def segment_with_prompts(model: LoadedModel, image: torch.Tensor, request: TinySamRequest | None = None) -> TinySamResult:
+    """Tiny SAM on each image of ``image`` (IMAGE ``[B,H,W,C]``); see the module docstring for the outputs.
+
+    Raises ``ValueError`` for bad prompts or settings and ``outputs.OutputTooLarge`` when the
+    outputs would not fit in the output device's free memory.
+    """
     request = (request or TinySamRequest()).validate()
     batch = as_image_batch(image)
     b, h, w, _ = batch.shape
     per_image = request.prompts_for(b, w, h)  # bad prompts fail before any model work
     out = runtime.output_device()
+    remedies = _remedies(per_image)
+    _OUTPUTS.ensure_fits([], b, h, w, out, remedies)
     runtime.prepare_model(model)
 
-    images, unions, objects, boxes, counts = [], [], [], [], []
+    found: list[tuple[CompactMasks, torch.Tensor]] = []
     bar = runtime.progress(b, "Tiny SAM")
     try:
         for i in range(b):
             runtime.check_interrupt()
-            masks, scores = _objects(model, to_uint8_rgb(batch[i]), per_image[i], request)
-            counts.append(int(masks.shape[0]))
-            boxes.append(mask_boxes(masks, scores))
-            images.append(paint_objects(batch[i].to(masks.device), masks).to(out))
-            unions.append(masks.any(dim=0).to(out) if counts[-1] else torch.zeros((h, w), dtype=torch.bool, device=out))
-            if counts[-1]:
-                objects.append(masks.to(out))  # bool across the bus: a quarter of the bytes of float
+            found.append(_objects(model, to_uint8_rgb(batch[i]), per_image[i], request))
+            _OUTPUTS.ensure_fits([len(m) for m, _ in found], b - i - 1, h, w, out, remedies)
             bar.update(1)
     finally:
         bar.close()
-    object_masks = torch.cat(objects).float() if objects else torch.zeros((1, h, w), dtype=torch.float32, device=out)
+
+    counts = [len(m) for m, _ in found]
+    rows = outputs.mask_rows(counts)
+    images = torch.empty((b, h, w, 3), dtype=batch.dtype, device=out)
+    unions = torch.zeros((b, h, w), dtype=torch.float32, device=out)
+    object_masks = torch.zeros((rows[-1], h, w), dtype=torch.float32, device=out)
+    for i, (masks, _) in enumerate(found):
+        labels = masks.label_map(order_by_area(masks.areas).tolist())  # smaller objects on top
+        images[i].copy_(paint_labels(batch[i], labels, len(masks)))
+        unions[i].copy_(torch.from_numpy(labels >= 0))
+        del labels
+        masks.write(object_masks[rows[i] : rows[i + 1]])
     return TinySamResult(
-        image=torch.stack(images),
-        mask=torch.stack(unions).float(),
+        image=images,
+        mask=unions,
         object_masks=object_masks,
-        boxes=boxes,
+        boxes=[_boxes(masks, scores) for masks, scores in found],
         counts=counts,
     )
