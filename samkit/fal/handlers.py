@@ -55,7 +55,8 @@ def segmentation_map_handler(model, settings=None, seed: int = 0) -> Handler:
         image = ctx.image()
         ctx.log(f"segmentation map with {model.name} on a {image.shape[2]}x{image.shape[1]} image")
         with lock:
-            result = segmentation_map(model, image, settings, seed)
+            # the endpoint answers the map alone: the per-segment masks are never built
+            result = segmentation_map(model, image, settings, seed, segment_masks=False)
         ctx.log(f"{result.counts[0]} segment(s)")
         return result.seg_map[0]
 
