@@ -244,11 +244,10 @@ def install_hooks() -> None:
 install_hooks()
 register_model_folder()
 if IN_COMFY:
-    from ..samkit import registry
-
     from ..samkit.fal import keys as fal_keys
+    from ..samkit.model_folders import set_folder_provider
 
-    registry.set_folder_provider(model_folders)
+    set_folder_provider(model_folders)
     # ComfyUI/user/comfyui-sam-kit/fal.ini is searched too (outside the pack and any workflow)
     if hasattr(folder_paths, "get_user_directory"):
         fal_keys.set_config_dir_provider(folder_paths.get_user_directory)

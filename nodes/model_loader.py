@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from . import comfy_bridge  # noqa: F401  (registers the sams folder, installs hooks)
-from ..samkit import registry
+from ..samkit import model_folders
 from ..samkit.loader import load_model
 
 
@@ -24,7 +24,7 @@ class SamKitModelLoader:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model_name": (registry.list_model_choices(), {
+                "model_name": (model_folders.list_model_choices(), {
                     "tooltip": "Files in models/sams, then known models that will be downloaded when chosen."}),
                 "device": (["auto", "gpu", "cpu"], {
                     "default": "auto", "tooltip": "auto: ComfyUI's device (the GPU if there is one). cpu: keep VRAM free."}),

@@ -11,7 +11,8 @@ folder; inside ComfyUI, models/sams). ``--model`` is read as a path first, as a 
 ``./x.pth``, ``../x.pth``, ``~/x.pth`` and absolute paths are only ever that file; any other name
 (``x.pth``, ``sub/x.pth``) is the file at that path from the current folder if there is one, else
 the file of that name in the model folder, else a known model to download
-(``registry.find_model_file``). Image files are decoded by ``images.read_image``'s rules.
+(``model_folders.find_model_file``, ``model_source.resolve_model_path``). Image files are
+decoded by ``images.read_image``'s rules.
 """
 
 from __future__ import annotations
@@ -118,19 +119,19 @@ def cmd_tinysam(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from . import registry
+    from . import model_folders
 
-    for name in registry.list_model_choices():
+    for name in model_folders.list_model_choices():
         print(name)
-    print(f"model folder: {registry.model_dirs()[0]}", file=sys.stderr)
+    print(f"model folder: {model_folders.model_dirs()[0]}", file=sys.stderr)
     return 0
 
 
 def cmd_download(args) -> int:
-    from . import registry
+    from .model_source import resolve_model_path
 
     for name in args.names:
-        print(registry.resolve_model_path(name, download=True, folders_only=True))  # into the model folder
+        print(resolve_model_path(name, download=True, folders_only=True))  # into the model folder
     return 0
 
 

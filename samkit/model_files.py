@@ -8,7 +8,7 @@ loader lists (``.pt .pth .safetensors .bin .ckpt``) holds any format:
   ultralytics' classes is a FastSAM/YOLO file, loaded by ultralytics (:func:`is_ultralytics`);
 * a legacy (pre-1.6) PyTorch pickle: weights-only ``torch.load``.
 
-Anything else, and any of those that fails, raises one :class:`~.registry.ModelFileError`
+Anything else, and any of those that fails, raises one :class:`~.model_errors.ModelFileError`
 subclass whose message names the file, says what it looks like (:func:`describe`) and what to
 do (:func:`advice`: for the pack's known models, the download URL and the folder):
 :class:`DamagedCheckpoint` for files that are empty, cut short, corrupt or an error page saved
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from . import registry
-from .registry import ModelFileError
+from . import catalogue
+from .model_errors import DamagedCheckpoint, ModelFileError, UnsupportedCheckpoint
 from .sniff import describe_head, read_head
 
 #: what the pack loads, for "what to do" messages
@@ -36,17 +36,9 @@ SUPPORTED = ("SAM Kit loads SAM vit_b/l/h, MobileSAM and TinySAM checkpoints (st
 _LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."  # pickled 0x1950a86a20f9469cfc6c, protocol 2
 
 
-class DamagedCheckpoint(ModelFileError):
-    """The file is empty, cut short, corrupt, or something saved in its place (an HTML error page)."""
-
-
-class UnsupportedCheckpoint(ModelFileError):
-    """The file reads, but holds something the pack cannot run (another network, SAM 2, HQ-SAM, ...)."""
-
-
 def advice(path: Path, damaged: bool) -> str:
     """What to do about ``path``: a known model's URL and folder, else how to get a usable file."""
-    known = registry.known_model(path.name)
+    known = catalogue.known_model(path.name)
     if known is not None:
         return (f"Delete it and choose {known.file_name} again to download it, or download it by hand from "
                 f"{known.url} and put it in {path.parent}.")
@@ -56,11 +48,11 @@ def advice(path: Path, damaged: bool) -> str:
 
 
 def damaged(path: Path, looks: str) -> DamagedCheckpoint:
-    return DamagedCheckpoint(f"{path} {looks}, so it cannot be loaded. {advice(path, True)}")
+    return DamagedCheckpoint(f"{path} {looks}, so it cannot be loaded. {advice(path, True)}", looks)
 
 
 def unsupported(path: Path, looks: str) -> UnsupportedCheckpoint:
-    return UnsupportedCheckpoint(f"{path} {looks}. {advice(path, False)}")
+    return UnsupportedCheckpoint(f"{path} {looks}. {advice(path, False)}", looks)
 
 
 # ---------------------------------------------------------------- formats

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from comfyui_sam_kit.nodes.model_loader import SamKitModelLoader
-from comfyui_sam_kit.samkit import loader, registry
+from comfyui_sam_kit.samkit import catalogue, loader
 from comfyui_sam_kit.samkit.loader import DamagedCheckpoint, UnsupportedCheckpoint, detect_sam_config
 from testsupport.checkpoints import build_small_sam, build_vit_t_sam, save_fastsam_checkpoint, save_sam_checkpoint
 
@@ -128,6 +128,6 @@ def test_loader_node_lists_present_then_known_models(_isolated_model_dir):
     (_isolated_model_dir / "notes.txt").write_text("x")
     choices = SamKitModelLoader.INPUT_TYPES()["required"]["model_name"][0]
     assert choices[0] == "sub/mine.pth"
-    assert choices[1:] == [m.file_name for m in registry.KNOWN_MODELS]
+    assert choices[1:] == [m.file_name for m in catalogue.KNOWN_MODELS]
     (model,) = SamKitModelLoader().load("sub/mine.pth", "cpu", "auto")
     assert model.family == "sam" and model.dtype == torch.float32

@@ -14,15 +14,15 @@ import pytest
 import torch
 
 from comfyui_sam_kit.nodes.model_loader import SamKitModelLoader
-from comfyui_sam_kit.samkit import loader, model_files, registry
+from comfyui_sam_kit.samkit import catalogue, loader, model_files, model_folders
 from comfyui_sam_kit.samkit.fastsam import predict_everything
-from comfyui_sam_kit.samkit.registry import ModelFileError
+from comfyui_sam_kit.samkit.model_errors import ModelFileError
 from testsupport.bad_models import MEMBERS
 from testsupport.checkpoints import build_small_sam, save_sam_checkpoint
 from testsupport.trained import heldout_scene
 from testsupport.trained_fastsam import TRAINED_FASTSAM_PATH
 
-EXTENSIONS = registry.MODEL_EXTENSIONS
+EXTENSIONS = model_folders.MODEL_EXTENSIONS
 KNOWN = ("sam_vit_b_01ec64.pth", "mobile_sam.pt", "FastSAM-s.pt", "tinysam_42.3.pth")
 NAMES = [f"my_model{ext}" for ext in EXTENSIONS] + list(KNOWN)
 
@@ -38,7 +38,7 @@ def _assert_clear(error: BaseException, path, words: str):
     message = str(error)
     assert isinstance(error, ModelFileError)
     assert str(path) in message and words in message, message
-    known = registry.known_model(path.name)
+    known = catalogue.known_model(path.name)
     if known is not None:  # what to do: the official URL and the folder it goes in
         assert known.url in message and f"put it in {path.parent}" in message, message
     else:

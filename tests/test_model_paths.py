@@ -1,6 +1,6 @@
 """How a model is named: paths on the command line and the server, names in ComfyUI.
 
-Rules (samkit.registry.find_model_file): on the command line ``./x``, ``../x``, ``~/x`` and
+Rules (samkit.model_folders.find_model_file): on the command line ``./x``, ``../x``, ``~/x`` and
 absolute paths are only that file; another name is the file at that path from the current
 folder if there is one, else the file of that name in the model folder, else a known model to
 download. In ComfyUI (the loader node) a name is only ever a file inside a model folder.
@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from comfyui_sam_kit.nodes.model_loader import SamKitModelLoader
-from comfyui_sam_kit.samkit import loader, registry, runtime
+from comfyui_sam_kit.samkit import loader, model_folders, runtime
 from testsupport.checkpoints import build_small_sam, save_sam_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,13 +68,13 @@ def layout(tmp_path, _isolated_model_dir, monkeypatch):
     ("  ./models/my_sam.pth  ", "cwd_sub"),
 ])
 def test_command_line_names(layout, name, which):
-    found = registry.find_model_file(name)
+    found = model_folders.find_model_file(name)
     assert found is not None and found.is_absolute() and found.samefile(layout[which])
     assert loader.load_model(name, device="cpu").path == str(found)
 
 
 def test_absolute_paths_are_that_file(layout):
-    assert registry.find_model_file(str(layout["parent"])) == layout["parent"]
+    assert model_folders.find_model_file(str(layout["parent"])) == layout["parent"]
 
 
 @pytest.mark.parametrize("name", ["./only_here.pth", "../only_here.pth", "~/only_here.pth", "./mobile_sam.pt"])
@@ -160,7 +160,7 @@ def test_serve_with_a_relative_model_path(layout, tmp_path, _isolated_model_dir,
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
-    from comfyui_sam_kit.samkit.fal.server import main
+    from comfyui_sam_kit.samkit.fal.cli import main
 
     monkeypatch.setattr(runtime.hooks, "progress", runtime.hooks.progress)  # main() installs a terminal bar
     assert main(["--model", "../missing.pth", "--no-require-key", "--device", "cpu"]) == 2
