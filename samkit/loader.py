@@ -322,8 +322,3 @@ def load_model(name_or_path: str | Path, device: str = "auto", precision: str = 
 def clear_cache() -> None:
     with _cache_lock:
         _cache.clear()
-
-
-def cached_models() -> list[LoadedModel]:
-    with _cache_lock:
-        return list(_cache.values())
