@@ -10,7 +10,9 @@
 * ``nodes/`` stay thin: only ``comfy_bridge`` touches ComfyUI, no node module imports an array,
   tensor, image or model library (that work belongs in ``samkit/``), and none is longer than
   200 lines;
-* imports inside the pack are relative (ComfyUI loads the pack under a path-derived name).
+* imports inside the pack are relative (ComfyUI loads the pack under a path-derived name);
+* dependencies point one way: the pack imports no development code, tools/ and bench/ import the
+  pack (bench/ also tools/), and nothing outside tests/ imports the test tree or puts it on sys.path.
 """
 
 from __future__ import annotations
@@ -178,7 +180,6 @@ def test_imports_inside_the_pack_are_relative():
                 if level == 0 and target.split(".")[0] in ("samkit", "comfyui_sam_kit"):
                     found.append(f"{path.relative_to(ROOT)}:{line} imports {target}; use a relative import")
     assert not found, found
-
 
 
 #: what lives only in tests/: its packages and the folder itself (as a sys.path entry)
