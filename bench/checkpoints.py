@@ -29,6 +29,9 @@ FastSAM (:func:`fastsam_checkpoint`): ultralytics ``yolov8{n,s,x}-seg.yaml`` wit
 saved in the dict format ultralytics' trainer writes (what FastSAM-s.pt is). Its class biases
 are shifted so that about ``detections`` anchors pass the confidence threshold on the
 benchmark image (untrained, none would).
+
+The architectures and file formats themselves come from tools/synthetic_checkpoints.py, which
+the tests share (``build_random_sam``, ``build_random_fastsam`` and ``SAM_ARCHS`` are re-exported here).
 """
 
 from __future__ import annotations
@@ -42,34 +45,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import common  # noqa: F401  (first: it puts the repo root and tools/ on sys.path)
 from .scenes import Scene
 
-SAM_ARCHS = ("vit_t", "vit_b", "vit_l", "vit_h")
+# tools/synthetic_checkpoints.py, shared with the tests; importable once ``common`` ran
+from synthetic_checkpoints import (  # isort: skip
+    SAM_ARCHS,
+    build_random_fastsam,
+    build_random_sam,
+    save_fastsam_model,
+    save_sam_checkpoint,
+)
+
+__all__ = ["SAM_ARCHS", "CALIBRATION_VERSION", "build_random_sam", "fit_encoder_neck", "calibrate_sam_decoder",
+           "sam_checkpoint", "build_random_fastsam", "calibrate_fastsam", "fastsam_checkpoint"]
+
 #: bump when calibration changes, so cached files are rebuilt
 CALIBRATION_VERSION = 1
 
 
 # ------------------------------------------------------------------ SAM
-
-
-def build_random_sam(arch: str, seed: int = 0):
-    """A segment-anything ``Sam`` of the named architecture with random weights."""
-    torch.manual_seed(seed)
-    if arch == "vit_t":
-        from samkit.loader import SamConfig, build_sam
-        from samkit.tiny_vit import TinyViTConfig
-
-        config = SamConfig(
-            encoder="tiny_vit", encoder_kwargs=tuple(sorted(vars(TinyViTConfig()).items())), prompt_embed_dim=256,
-            image_size=1024, mask_in_chans=16, decoder_depth=2, decoder_mlp_dim=2048, num_multimask_outputs=3,
-            iou_head_depth=3, iou_head_hidden_dim=256,
-        )
-        return build_sam(config).eval()
-    if arch in ("vit_b", "vit_l", "vit_h"):
-        from segment_anything import sam_model_registry
-
-        return sam_model_registry[arch](checkpoint=None).eval()
-    raise ValueError(f"unknown SAM architecture {arch!r}; choose one of {', '.join(SAM_ARCHS)}")
 
 
 def _lowres_labels(scene: Scene, input_size: tuple, encoder_size: int, grid: int) -> torch.Tensor:
@@ -324,25 +319,12 @@ def sam_checkpoint(arch: str, scene: Scene, scene_spec: dict, cache_dir: Path, s
     sam = build_random_sam(arch, seed)
     neck_r2 = fit_encoder_neck(sam, scene.image, seed)
     stats = {"neck_fit_r2": round(neck_r2, 3), **calibrate_sam_decoder(sam, scene, n_points=fit_points, seed=seed, log=log)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(sam.state_dict(), tmp)  # a plain state dict, as Meta and MobileSAM publish
-    tmp.replace(path)
+    save_sam_checkpoint(sam, path)  # a plain state dict, as Meta and MobileSAM publish
     path.with_suffix(".json").write_text(json.dumps({**spec, "calibration": stats}, indent=2))
     return path
 
 
 # ------------------------------------------------------------------ FastSAM
-
-
-def build_random_fastsam(scale: str = "s", seed: int = 0):
-    """ultralytics' YOLOv8-seg with one class (FastSAM's architecture: FastSAM-s is YOLOv8s-seg)."""
-    from ultralytics.nn.tasks import SegmentationModel
-
-    torch.manual_seed(seed)
-    model = SegmentationModel(f"yolov8{scale}-seg.yaml", nc=1, verbose=False)
-    model.names = {0: "object"}
-    return model.eval()
 
 
 @torch.inference_mode()
@@ -373,9 +355,6 @@ def calibrate_fastsam(model, image: np.ndarray, imgsz: int, detections: int, con
 def fastsam_checkpoint(image: np.ndarray, image_spec: dict, cache_dir: Path, scale: str = "s", imgsz: int = 1024,
                        detections: int = 60, confidence: float = 0.4, seed: int = 0, log=print) -> Path:
     """A FastSAM-format checkpoint (ultralytics trainer dict, fp16 model) calibrated for ``image``."""
-    import ultralytics
-    from ultralytics.utils import DEFAULT_CFG_DICT
-
     spec = {"scale": scale, "imgsz": imgsz, "detections": detections, "confidence": confidence, "seed": seed,
             "image": image_spec, "v": CALIBRATION_VERSION}
     path = Path(cache_dir) / f"{_cache_name(f'fastsam_{scale}', spec)}.pt"
@@ -385,19 +364,6 @@ def fastsam_checkpoint(image: np.ndarray, image_spec: dict, cache_dir: Path, sca
     model = build_random_fastsam(scale, seed)
     # ultralytics feeds BGR; the benchmark images are RGB arrays, flipped the same way at run time
     stats = calibrate_fastsam(model, np.ascontiguousarray(image[..., ::-1]), imgsz, detections, confidence)
-    ckpt = {
-        "epoch": -1,
-        "best_fitness": None,
-        "model": model.half(),
-        "ema": None,
-        "updates": None,
-        "optimizer": None,
-        "train_args": {**DEFAULT_CFG_DICT, "task": "segment", "imgsz": imgsz, "single_cls": True},
-        "version": ultralytics.__version__,
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(ckpt, tmp)
-    tmp.replace(path)
+    save_fastsam_model(model, path, imgsz)
     path.with_suffix(".json").write_text(json.dumps({**spec, "calibration": stats}, indent=2))
     return path

@@ -1,9 +1,11 @@
-"""Shared plumbing of the benchmark scripts: set-up, clocks, memory meters, output.
+"""Shared plumbing of the benchmark scripts: set-up, a clock, memory meters, output.
 
 Every script measures both sides in one process, on the same checkpoint file and the same
 image, and prints ratios; absolute times on a shared CPU move with the machine's load, ratios
-taken in one run much less. Each script prints a human-readable report and, with ``--json``,
-writes its numbers for ``bench/run_all.py``.
+taken in one run much less. Each script prints a human-readable report.
+
+Importing this module puts the repo root (``samkit``) and tools/ (``synthetic_checkpoints``,
+shared with the tests) on sys.path.
 """
 
 from __future__ import annotations
@@ -12,12 +14,10 @@ import argparse
 import contextlib
 import ctypes
 import gc
-import json
 import os
-import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 # ultralytics must never reach for the network (no internet here; none needed anywhere)
@@ -46,7 +46,6 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: all cores)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="where built checkpoints are kept (default $SAMKIT_BENCH_CACHE or ~/.cache/samkit-bench)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     parser.add_argument("--quick", action="store_true", help="a ~1-minute smoke run on tiny settings")
 
 
@@ -165,28 +164,7 @@ def measure_memory(device: torch.device, use_tracemalloc: bool = False):
             reading.rss_peak_mib = max(0, peak - rss_before) / 1024
 
 
-# ------------------------------------------------------------------ clocks
-
-
-@dataclass
-class Timings:
-    seconds: list = field(default_factory=list)
-
-    def add(self, s: float) -> None:
-        self.seconds.append(s)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.seconds)
-
-    @property
-    def best(self) -> float:
-        return min(self.seconds)
-
-    def describe(self) -> str:
-        if len(self.seconds) == 1:
-            return fmt_s(self.seconds[0])
-        return f"{fmt_s(self.median)} median of {len(self.seconds)} (best {fmt_s(self.best)})"
+# ------------------------------------------------------------------ clock
 
 
 def timed(fn, device: torch.device):
@@ -196,52 +174,6 @@ def timed(fn, device: torch.device):
     out = fn()
     synchronize(device)
     return out, time.perf_counter() - t0
-
-
-class ModuleClock:
-    """Wall time spent inside chosen modules (forward hooks), e.g. SAM's encoder and decoder.
-
-    Used to split a run into encoder / decoder / everything else without changing the code
-    under test. On CUDA the hooks synchronise, which costs a little; on CPU nothing.
-    """
-
-    def __init__(self, device: torch.device, **modules):
-        self.device = device
-        self.totals = {name: 0.0 for name in modules}
-        self.calls = {name: 0 for name in modules}
-        self._starts: dict = {}
-        self._handles = []
-        for name, module in modules.items():
-            self._handles.append(module.register_forward_pre_hook(self._pre(name)))
-            self._handles.append(module.register_forward_hook(self._post(name)))
-
-    def _pre(self, name):
-        def hook(module, args):
-            synchronize(self.device)
-            self._starts[name] = time.perf_counter()
-
-        return hook
-
-    def _post(self, name):
-        def hook(module, args, output):
-            synchronize(self.device)
-            self.totals[name] += time.perf_counter() - self._starts.pop(name)
-            self.calls[name] += 1
-
-        return hook
-
-    def reset(self) -> None:
-        for name in self.totals:
-            self.totals[name] = 0.0
-            self.calls[name] = 0
-
-    def snapshot(self) -> dict:
-        return dict(self.totals)
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
 
 
 # ------------------------------------------------------------------ output
@@ -276,25 +208,16 @@ def environment() -> dict:
     return env
 
 
-def write_json(path: Path | None, payload: dict) -> None:
-    if path is None:
-        return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 def verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("PASS" if ok else "MISS")
 
 
 def ensure_repo_on_path() -> None:
-    """``samkit`` imports as a top-level package from the repo root (as ``python -m samkit`` does)."""
-    root = str(REPO_ROOT)
-    if root not in sys.path:
-        sys.path.insert(0, root)
+    """``samkit`` imports as a top-level package from the repo root (as ``python -m samkit`` does), and
+    ``synthetic_checkpoints`` from tools/ (the checkpoint builders the tests share)."""
+    for folder in (REPO_ROOT / "tools", REPO_ROOT):
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
 
 
 ensure_repo_on_path()

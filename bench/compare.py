@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from . import common
-from .checkpoints import fastsam_checkpoint, sam_checkpoint
+from .checkpoints import SAM_ARCHS, fastsam_checkpoint, sam_checkpoint
 from .scenes import make_scene
 from .common import fmt_s, measure_memory, timed
 
@@ -217,7 +217,7 @@ def bench_remote(model_path: Path, image: np.ndarray, device: torch.device, roun
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     common.add_common_args(parser)
-    parser.add_argument("--arch", default="vit_t", choices=["vit_t", "vit_b", "vit_l", "vit_h"])
+    parser.add_argument("--arch", default="vit_t", choices=list(SAM_ARCHS))
     parser.add_argument("--size", default="768x1024", help="image HxW (default 768x1024)")
     parser.add_argument("--points-per-side", type=int, default=32)
     # SAM's defaults: the calibrated checkpoints (bench/checkpoints.py) are fitted to them

@@ -178,8 +178,3 @@ def clear_cache() -> None:
         dropped = list(_cache.values())
         _cache.clear()
     del dropped  # outside the lock, as in load_model
-
-
-def cached_models() -> list[LoadedModel]:
-    with _cache_lock:
-        return list(_cache.values())

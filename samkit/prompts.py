@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Sequence
 
 from .tiny_sam_params import NO_BOX, NO_LABEL, NO_POINT
 
@@ -296,18 +296,3 @@ def _leaves(data: Any):
     else:
         yield data
 
-
-def prompts_summary(prompts: Optional[ImagePrompts]) -> str:
-    """A short human description (for status lines and error context)."""
-    if prompts is None or prompts.empty:
-        return "no prompt (everything)"
-    pos = sum(1 for v in prompts.labels if v == 1)
-    neg = len(prompts.labels) - pos
-    parts = []
-    if prompts.boxes:
-        parts.append(f"{len(prompts.boxes)} box{'es' if len(prompts.boxes) != 1 else ''}")
-    if pos:
-        parts.append(f"{pos} foreground point{'s' if pos != 1 else ''}")
-    if neg:
-        parts.append(f"{neg} background point{'s' if neg != 1 else ''}")
-    return ", ".join(parts)

@@ -3,6 +3,7 @@
 The repo root is ComfyUI's package (ComfyUI imports it by path). The tests make it importable
 as ``comfyui_sam_kit`` without running the root ``__init__`` (one test does run it, the way
 ComfyUI does), so test files import ``comfyui_sam_kit.samkit`` and ``comfyui_sam_kit.nodes``.
+Dependencies point one way: tests import the pack and tools/; nothing outside tests/ imports tests/.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ if "comfyui_sam_kit" not in sys.modules:
     _pkg.__file__ = str(ROOT / "__init__.py")
     sys.modules["comfyui_sam_kit"] = _pkg
 
-# shared helpers live in tests/testsupport (a plain package on sys.path)
-if str(TESTS) not in sys.path:
-    sys.path.insert(0, str(TESTS))
+# shared helpers live in tests/testsupport (a plain package on sys.path); the modules the tests
+# share with tools/ and bench/ (workflow_convert, synthetic_checkpoints) live in tools/
+for _folder in (ROOT / "tools", TESTS):
+    if str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
 
 # Tests never reach beyond loopback; keep inherited proxies from capturing 127.0.0.1 traffic.
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost,::1")

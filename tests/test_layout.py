@@ -10,7 +10,9 @@
 * ``nodes/`` stay thin: only ``comfy_bridge`` touches ComfyUI, no node module imports an array,
   tensor, image or model library (that work belongs in ``samkit/``), and none is longer than
   200 lines;
-* imports inside the pack are relative (ComfyUI loads the pack under a path-derived name).
+* imports inside the pack are relative (ComfyUI loads the pack under a path-derived name);
+* dependencies point one way: the pack imports no development code, tools/ and bench/ import the
+  pack (bench/ also tools/), and nothing outside tests/ imports the test tree or puts it on sys.path.
 """
 
 from __future__ import annotations
@@ -178,3 +180,49 @@ def test_imports_inside_the_pack_are_relative():
                 if level == 0 and target.split(".")[0] in ("samkit", "comfyui_sam_kit"):
                     found.append(f"{path.relative_to(ROOT)}:{line} imports {target}; use a relative import")
     assert not found, found
+
+
+#: what lives only in tests/: its packages and the folder itself (as a sys.path entry)
+TEST_TREE = {"tests", "testsupport", "testmodels", "conftest"}
+
+
+def _folder_modules(folder: str) -> dict[str, Path]:
+    """``_modules`` of a package; for tools/ (scripts and plain modules on sys.path) file stem -> file."""
+    if folder == "tools":
+        return {path.stem: path for path in sorted((ROOT / folder).glob("*.py"))}
+    return _modules(folder)
+
+
+def _reaches_into(name: str, path: Path, forbidden: set[str]) -> list[str]:
+    """Imports of ``forbidden`` top-level names, and string constants naming a test folder (a
+    ``sys.path`` entry such as ``ROOT / "tests"`` is an import of the test tree in disguise)."""
+    source = path.read_text(encoding="utf-8")
+    found = [f"{path.name}:{line} imports {target}" for level, target, line in _imports(name, path)
+             if level == 0 and target.split(".")[0] in forbidden]
+    found += [f"{path.name}:{node.lineno} names the folder {node.value!r}" for node in ast.walk(ast.parse(source))
+              if isinstance(node, ast.Constant) and node.value in TEST_TREE & forbidden]
+    return found
+
+
+def test_dependencies_point_one_way():
+    # The pack (samkit/, nodes/, the root __init__) needs nothing of the development code; tools/
+    # (the workflow converter, the synthetic checkpoint builders, the scripts) needs the pack at
+    # most; bench/ the pack and tools/. Only tests/ imports the test tree.
+    tools = set(_folder_modules("tools"))
+    assert {"workflow_convert", "synthetic_checkpoints", "make_workflows"} <= tools  # the scan is real
+    pack_rule = TEST_TREE | tools | {"bench", "tools"}
+    rules = {"samkit": pack_rule, "nodes": pack_rule, "tools": TEST_TREE | {"bench"}, "bench": TEST_TREE}
+    found = []
+    for folder, forbidden in rules.items():
+        for name, path in _folder_modules(folder).items():
+            found += [f"{folder}/{f}" for f in _reaches_into(name, path, forbidden)]
+    found += _reaches_into("comfyui_sam_kit", ROOT / "__init__.py", pack_rule)
+    assert not found, found
+
+
+def test_dependency_check_sees_both_ways_into_the_tests(tmp_path):
+    # the checker itself: an import of a test package and a sys.path entry into tests/ are reported
+    probe = tmp_path / "probe.py"
+    probe.write_text('import sys\nsys.path.insert(0, str(ROOT / "tests"))\nfrom testsupport import trained\n')
+    found = _reaches_into("probe", probe, TEST_TREE)
+    assert any("imports testsupport" in f for f in found) and any("'tests'" in f for f in found), found

@@ -16,6 +16,7 @@ from comfyui_sam_kit.samkit.painting import (
     parse_hex_colour,
     pick_segment,
 )
+from comfyui_sam_kit.samkit.painting import _MIN_BRIGHTNESS  # the palette's own floor (brightest channel)
 
 
 def _nested_masks(h=40, w=60):
@@ -32,7 +33,10 @@ def test_palette_is_deterministic_distinct_and_never_black():
     a = palette(300, seed=7)
     assert (a == palette(300, seed=7)).all()
     assert len({tuple(c) for c in a}) == 300
-    assert a.max(axis=1).min() >= 60
+    # never black-ish: the brightest channel of every colour reaches the palette's floor, so no
+    # segment looks like the black "nothing here" background
+    assert a.max(axis=1).min() >= _MIN_BRIGHTNESS
+    assert not (a == 0).all(axis=1).any()
     assert not (palette(10, seed=8) == a[:10]).all()
     # the first colours do not depend on how many are asked for
     assert (palette(5, seed=7) == a[:5]).all()

@@ -93,15 +93,38 @@ def test_bad_image_input_is_a_clear_error(model):
         _run(model, torch.zeros(64, 64))
 
 
-def test_fastsam_model_also_paints_a_map(tmp_path):
-    from comfyui_sam_kit.samkit import loader
-    from comfyui_sam_kit.samkit.fastsam import segment_everything
-    from testsupport.checkpoints import save_fastsam_checkpoint
+# FastSAM's published everything-mode settings (its README: imgsz 1024, conf 0.4, iou 0.9, retina
+# masks); the node has no widgets for them and promises FastSAM's own everything mode with them.
+FASTSAM_EVERYTHING = dict(imgsz=1024, conf=0.4, iou=0.9)
 
-    fastsam = loader.load_model(str(save_fastsam_checkpoint(tmp_path / "fs.pt")), device="cpu")
-    image = _image(h=64, w=96)
+
+def test_fastsam_model_paints_the_masks_ultralytics_finds_for_every_image():
+    # The trained FastSAM fixture through the node, against ultralytics.FastSAM run directly on
+    # the same file. Held-out scenes 4 and 5 at 200x300: ultralytics finds 20 and 7 instances
+    # there (scene 4 has two of equal area, so the tie order is checked too).
+    from comfyui_sam_kit.samkit import loader
+    from testsupport.trained import heldout_scene
+    from testsupport.trained_fastsam import TRAINED_FASTSAM_PATH, load_trained_fastsam, result_masks, segment_everything
+
+    fastsam = loader.load_model(str(TRAINED_FASTSAM_PATH), device="cpu", precision="fp32")
+    bare = load_trained_fastsam()
+    scenes = [heldout_scene(4, 200, 300), heldout_scene(5, 200, 300)]
+    image = torch.cat([torch.from_numpy(scene.image).float()[None] / 255 for scene in scenes])
     seg_map, segments, coverage = SamKitSegmentationMap().run(fastsam, image, seed=0, **OPEN)
-    expected = segment_everything(fastsam, (image[0] * 255).round().to(torch.uint8).numpy())
-    assert seg_map.shape == (1, 64, 96, 3) and coverage.shape == (1, 64, 96)
-    assert segments.shape[0] == max(len(expected), 1)
-    assert torch.equal(coverage[0] > 0, expected.any(0) if len(expected) else torch.zeros(64, 96, dtype=torch.bool))
+    assert seg_map.shape == (2, 200, 300, 3) and coverage.shape == (2, 200, 300)
+
+    start = 0
+    for i, scene in enumerate(scenes):
+        found = result_masks(segment_everything(bare, scene.image, **FASTSAM_EVERYTHING))
+        assert len(found) >= 5, f"image {i}: ultralytics found {len(found)} instances; the comparison needs several"
+        # the node's order: largest first, ties in the model's order
+        expected = torch.from_numpy(found[np.argsort(-found.reshape(len(found), -1).sum(1), kind="stable")])
+        mine = segments[start : start + len(expected)] > 0.5
+        start += len(expected)
+        assert torch.equal(mine, expected), f"image {i}: segments differ from ultralytics' masks"
+        assert torch.equal(coverage[i] > 0, expected.any(0)), f"image {i}"
+        assert torch.equal(seg_map[i].sum(-1) > 0, expected.any(0)), f"image {i}: painted pixels are not the segments"
+        # the smallest segment is painted last, so all of it shows in its one colour
+        colours = {tuple(c) for c in (seg_map[i][expected[-1]] * 255).round().to(torch.int64).tolist()}
+        assert len(colours) == 1, f"image {i}: the smallest segment is not one colour"
+    assert start == segments.shape[0], "more segments than the two images' instances"

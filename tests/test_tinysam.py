@@ -121,6 +121,8 @@ def test_several_boxes_are_several_objects_like_sam_predictor(sam_model, chunk_b
     want = sorted(expected, key=lambda t: int(t.sum()))
     assert len(got) == 2
     for g, e in zip(got, want):
+        # measured: identical masks (IoU 1.0, ~8000 px each); 0.99 allows a rim of rounding (other
+        # BLAS kernels when the boxes run together), a wrong box's mask is far below
         assert (g & e).sum() / (g | e).sum().clamp(min=1) >= 0.99
     assert torch.equal(mask[0].bool(), expected[0] | expected[1])
 
@@ -148,8 +150,16 @@ def test_batch_uses_per_image_prompts_and_outputs_fit_comfy(sam_model):
     out_image, mask, objects, boxes = _run(sam_model, image, point_prompt="[[[20,20]], [[100,60]]]", point_label="[[1],[1]]")
     assert out_image.shape == (2, H, W, 3) and mask.shape == (2, H, W) and mask.dtype == torch.float32
     assert objects.shape[1:] == (H, W) and isinstance(boxes, list) and len(boxes) == 2
-    first = _run(sam_model, image[:1], point_prompt="[[20,20]]", point_label="[1]")
-    assert torch.equal(mask[0], first[1][0])
+    # every image gets exactly what a run on it alone with its own prompt gives
+    alone = [_run(sam_model, image[i : i + 1], point_prompt=f"[{p}]", point_label="[1]")
+             for i, p in enumerate(("[20,20]", "[100,60]"))]
+    assert [len(b) for b in boxes] == [len(a[3][0]) for a in alone] == [1, 1]
+    for i, (a_image, a_mask, a_objects, a_boxes) in enumerate(alone):
+        assert torch.equal(out_image[i], a_image[0]), f"image {i}"
+        assert torch.equal(mask[i], a_mask[0]), f"image {i}"
+        assert boxes[i] == a_boxes[0], f"image {i}"
+    assert torch.equal(objects, torch.cat([a[2] for a in alone]))
+    assert not torch.equal(mask[0], mask[1])  # the two prompts select different regions
 
 
 # ---------------------------------------------------------------- FastSAM vs ultralytics

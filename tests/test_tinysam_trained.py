@@ -24,21 +24,36 @@ from comfyui_sam_kit.nodes.seg_map import SamKitSegmentationMap
 from comfyui_sam_kit.nodes.tiny_sam import SamKitTinySAM
 from comfyui_sam_kit.samkit import loader, point_decoder
 from comfyui_sam_kit.samkit.embedding_cache import embeddings
-from testsupport.trained import RETRAIN_ENV, TRAINED_SAM_PATH, heldout_scene, interior_point, mask_iou, neighbour_pairs
-from testsupport.trained_fastsam import TRAINED_FASTSAM_PATH, xywh_of
+# the trained fixtures' bars, the same ones segment-anything's own predictors meet (how they were
+# set: tests/testsupport/trained.py)
+from testsupport.trained import (
+    BOX_MEAN_IOU,
+    EVERYTHING_MATCH_IOU,
+    EVERYTHING_RECALL,
+    EVERYTHING_SETTINGS,
+    NEGATIVE_MAX_OVERLAP,
+    PER_SHAPE_IOU,
+    POINT_MEAN_IOU,
+    RETRAIN_ENV,
+    RETRAIN_TOLERANCE,
+    SHARE_GOOD,
+    TRAINED_SAM_PATH,
+    heldout_scene,
+    interior_point,
+    mask_iou,
+    neighbour_pairs,
+)
+from testsupport.trained_fastsam import FASTSAM_SETTINGS, TRAINED_FASTSAM_PATH, xywh_of
 
-# the trained fixtures' bars (see tests/test_testmodel_sam.py for how they were set)
-MEAN_IOU = 0.70
-PER_SHAPE_IOU = 0.50
-SHARE_GOOD = 0.80
-NEGATIVE_MAX_OVERLAP = 0.08
-EVERYTHING_RECALL = 0.90
-EVERYTHING_MATCH_IOU = 0.70
 # FastSAM fixture's everything mode: it is less sure of itself than FastSAM (confidence 0.25, not
 # 0.4) and finds about 82 % of the held-out shapes at IoU 0.7 (the issue asked for 90 %)
 FASTSAM_EVERYTHING_CONFIDENCE = 0.25
 FASTSAM_EVERYTHING_RECALL = 0.75
-FASTSAM_SIZE = 256  # the FastSAM fixture's training size (FastSAM's own 1024 would shrink its shapes 4x)
+FASTSAM_SIZE = FASTSAM_SETTINGS["imgsz"]  # the fixture's training size (FastSAM's own 1024 would shrink its shapes 4x)
+FASTSAM_CONFIDENCE = FASTSAM_SETTINGS["conf"]  # FastSAM's own default, for prompts
+# bf16 vs fp32 masks of the same boxes: IoU of each pair, mean and lowest (measured values at the test)
+BF16_MEAN_AGREEMENT = 0.95
+BF16_MIN_AGREEMENT = 0.8
 
 # The held-out scenes on which test_testmodel_sam.py measures the fixtures through the reference
 # implementations (SamPredictor, SamAutomaticMaskGenerator), so the same bars apply; three sizes,
@@ -62,9 +77,9 @@ def _widgets(**kw) -> dict:
     return args
 
 
-def _bar(ious: list[float]) -> tuple[bool, str]:
+def _bar(ious: list[float], mean_iou: float = POINT_MEAN_IOU) -> tuple[bool, str]:
     a = np.asarray(ious)
-    ok = a.mean() >= MEAN_IOU and (a >= PER_SHAPE_IOU).mean() >= SHARE_GOOD
+    ok = a.mean() >= mean_iou and (a >= PER_SHAPE_IOU).mean() >= SHARE_GOOD
     return bool(ok), f"mean {a.mean():.3f}, share >= {PER_SHAPE_IOU}: {(a >= PER_SHAPE_IOU).mean():.2f}, min {a.min():.3f}, n={len(a)}"
 
 
@@ -102,7 +117,7 @@ def test_boxes_in_one_call_give_each_boxed_object_in_box_order(sam_model):
         for obj, shape in zip(objects, scene.masks):
             ious.append(mask_iou(obj.numpy() > 0.5, shape))
         assert torch.equal(mask[0] > 0.5, (objects > 0.5).any(0))
-    ok, summary = _bar(ious)
+    ok, summary = _bar(ious, BOX_MEAN_IOU)
     assert ok, summary
 
 
@@ -120,7 +135,11 @@ def test_bf16_on_the_cpu_segments_like_fp32(sam_model, chunk_bytes, monkeypatch)
         _, _, got, _ = node.run(bf16, _tensor(scene.image), **_widgets(box_prompt=boxes))
         assert got.shape == ref.shape
         agreement.extend(mask_iou(g.numpy() > 0.5, r.numpy() > 0.5) for g, r in zip(got, ref))
-    assert np.mean(agreement) >= 0.95 and min(agreement) >= 0.8, agreement
+    # Measured (x86 CPU, torch 2.14, 20 objects): mean IoU 0.994, lowest 0.979 (0.98 with one object
+    # per call); bf16 keeps 8 mantissa bits, so logits near the 0 cut-off flip along the edges. The
+    # bars leave room for other CPUs' bf16 kernels, yet a mask of another object, an empty or a
+    # shifted one is far below them (different shapes overlap with IoU < PER_SHAPE_IOU).
+    assert np.mean(agreement) >= BF16_MEAN_AGREEMENT and min(agreement) >= BF16_MIN_AGREEMENT, agreement
 
 
 def test_a_box_given_as_corners_picks_the_wrong_region(sam_model):
@@ -131,7 +150,7 @@ def test_a_box_given_as_corners_picks_the_wrong_region(sam_model):
         corners = [[int(v) for v in b] for b in scene.boxes_xyxy]
         _, _, objects, _ = node.run(sam_model, _tensor(scene.image), **_widgets(box_prompt=corners))
         ious.extend(mask_iou(o.numpy() > 0.5, s) for o, s in zip(objects, scene.masks))
-    ok, summary = _bar(ious)
+    ok, summary = _bar(ious, BOX_MEAN_IOU)
     assert not ok, summary
 
 
@@ -200,11 +219,11 @@ def test_fastsam_click_and_box_select_the_object(fastsam_model):
         image = _tensor(scene.image)
         for shape, box in zip(scene.masks, scene.boxes_xyxy):
             x, y = interior_point(shape)
-            _, mask, _, _ = node.run(fastsam_model, image, **_widgets(size=FASTSAM_SIZE, confidence=0.4, point_prompt=[[x, y]], point_label=[1]))
+            _, mask, _, _ = node.run(fastsam_model, image, **_widgets(size=FASTSAM_SIZE, confidence=FASTSAM_CONFIDENCE, point_prompt=[[x, y]], point_label=[1]))
             point_ious.append(mask_iou(mask[0].numpy() > 0.5, shape))
-            _, mask, _, _ = node.run(fastsam_model, image, **_widgets(size=FASTSAM_SIZE, confidence=0.4, box_prompt=[xywh_of(box)]))
+            _, mask, _, _ = node.run(fastsam_model, image, **_widgets(size=FASTSAM_SIZE, confidence=FASTSAM_CONFIDENCE, box_prompt=[xywh_of(box)]))
             box_ious.append(mask_iou(mask[0].numpy() > 0.5, shape))
-    ok, summary = _bar(box_ious)
+    ok, summary = _bar(box_ious, BOX_MEAN_IOU)
     assert ok, "box: " + summary
     # a click picks every instance containing it (FastSAM's rule), so overlapping detections
     # may add a little; the aggregate still has to be the clicked object
@@ -223,9 +242,7 @@ def _recall(found: torch.Tensor, shapes: np.ndarray) -> list[float]:
 def test_seg_map_segments_recover_the_shapes(sam_model):
     best = []
     for scene in _scenes(EVERYTHING_SCENES):
-        _, segments, _ = SamKitSegmentationMap().run(
-            sam_model, _tensor(scene.image), points_per_side=16, pred_iou_thresh=0.5, stability_score_thresh=0.7,
-            min_mask_region_area=0, crop_n_layers=0, seed=0)
+        _, segments, _ = SamKitSegmentationMap().run(sam_model, _tensor(scene.image), seed=0, **EVERYTHING_SETTINGS)
         best.extend(_recall(segments, scene.masks))
     recall = float((np.asarray(best) >= EVERYTHING_MATCH_IOU).mean())
     assert recall >= EVERYTHING_RECALL, f"recall {recall:.2f}"
@@ -255,12 +272,12 @@ def test_fastsam_training_script_reproduces_a_model_of_the_same_quality(tmp_path
     node, box_ious, best = SamKitTinySAM(), [], []
     for scene in _scenes():
         for shape, box in zip(scene.masks, scene.boxes_xyxy):
-            _, mask, _, _ = node.run(model, _tensor(scene.image), **_widgets(size=FASTSAM_SIZE, confidence=0.4, box_prompt=[xywh_of(box)]))
+            _, mask, _, _ = node.run(model, _tensor(scene.image), **_widgets(size=FASTSAM_SIZE, confidence=FASTSAM_CONFIDENCE, box_prompt=[xywh_of(box)]))
             box_ious.append(mask_iou(mask[0].numpy() > 0.5, shape))
     for scene in _scenes(EVERYTHING_SCENES):
         _, _, objects, _ = node.run(model, _tensor(scene.image), **_widgets(size=FASTSAM_SIZE, confidence=FASTSAM_EVERYTHING_CONFIDENCE))
         best.extend(_recall(objects, scene.masks))
-    t = 0.05  # "the same quality": every bar, less this
+    t = RETRAIN_TOLERANCE  # "the same quality": every bar, less this
     a = np.asarray(box_ious)
-    assert a.mean() >= MEAN_IOU - t and (a >= PER_SHAPE_IOU).mean() >= SHARE_GOOD - t, _bar(box_ious)[1]
+    assert a.mean() >= BOX_MEAN_IOU - t and (a >= PER_SHAPE_IOU).mean() >= SHARE_GOOD - t, _bar(box_ious)[1]
     assert float((np.asarray(best) >= EVERYTHING_MATCH_IOU).mean()) >= FASTSAM_EVERYTHING_RECALL - t

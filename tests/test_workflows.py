@@ -6,7 +6,7 @@ linked outputs have the input's type, widget values have the right type, range a
 node specs come from
 
 * the pack's own node classes (``INPUT_TYPES`` / ``RETURN_TYPES``, read in-process), and
-* tests/integration/core_object_info.json: the core nodes the workflows use, saved from a real
+* tools/core_object_info.json: the core nodes the workflows use, saved from a real
   ComfyUI's /object_info by ``tools/make_workflows.py --url``.
 
 That is honest only if both match a real server and the converter matches the real frontend;
@@ -23,16 +23,17 @@ from pathlib import Path
 
 import pytest
 
-from testsupport import workflow_convert as wc
+import workflow_convert as wc  # tools/workflow_convert.py: the pack's converter
+from testsupport.workflow_checks import key_findings, shipped_file_choices, upstream_of, workflow_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW_DIR = ROOT / "workflows"
 WORKFLOW_FILES = sorted(WORKFLOW_DIR.glob("*.json"))
 
 
-MW = wc.workflow_tool(ROOT)
+MW = workflow_tool(ROOT)
 # Files the workflows name that a user brings (the notes say where they go).
-FILE_CHOICES = wc.shipped_file_choices(MW)
+FILE_CHOICES = shipped_file_choices(MW)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def test_workflow_converts_to_a_valid_prompt(path, object_info):
 @pytest.mark.parametrize("path", WORKFLOW_FILES, ids=lambda p: p.stem)
 def test_workflow_carries_no_key(path):
     text = path.read_text(encoding="utf-8")
-    assert not wc.key_findings(json.loads(text))
+    assert not key_findings(json.loads(text))
     assert "FAL_KEY=" not in text and "Authorization" not in text
 
 
@@ -78,12 +79,12 @@ def test_workflow_feeds_an_image_to_image_graph(path, object_info):
                  and node["class_type"] != "SamKitModelLoader"}
     saves = _of_type(prompt, "SaveImage")
     assert saves, "no SaveImage"
-    upstream = set().union(*(wc.upstream_of(prompt, s) for s in saves))
+    upstream = set().union(*(upstream_of(prompt, s) for s in saves))
     assert _of_type(prompt, "KSampler") and set(_of_type(prompt, "KSampler")) <= upstream
     assert sam_nodes & upstream, "the SAM Kit node's result does not reach the saved image"
 
     def fed_by_sam(kind: str, input_name: str) -> bool:
-        return any(wc.upstream_of(prompt, prompt[nid]["inputs"][input_name][0]) & sam_nodes
+        return any(upstream_of(prompt, prompt[nid]["inputs"][input_name][0]) & sam_nodes
                    for nid in _of_type(prompt, kind) if isinstance(prompt[nid]["inputs"].get(input_name), list))
 
     stem = path.stem
@@ -143,7 +144,7 @@ def test_key_check_finds_a_planted_key(plant):
         _node(workflow, "SamKitTinySAM")["properties"]["fal_key"] = "x"
     else:
         _node(workflow, "SamKitTinySAM")["inputs"].append({"name": "api_key", "type": "STRING", "link": None})
-    assert wc.key_findings(workflow)
+    assert key_findings(workflow)
 
 
 def test_converter_and_validator_reject_broken_workflows(object_info):

@@ -10,9 +10,9 @@ Each workflow uses one SAM Kit node and feeds its result into an image-to-image 
 * fal_*.json: the same jobs with the remote (fal.ai or self-hosted) nodes, when the pack has them.
 
 Widget values are positional in the UI format, so they are laid out from /object_info (the
-same rules the editor follows; see tests/testsupport/workflow_convert.py). By default that is
-the pack's own node classes plus the core node specs saved in
-tests/integration/core_object_info.json, so no ComfyUI is needed:
+same rules the editor follows; see tools/workflow_convert.py). By default that is the pack's
+own node classes plus the core node specs saved in tools/core_object_info.json, so no ComfyUI
+is needed:
 
     python tools/make_workflows.py                                  # offline
     python tools/make_workflows.py --url http://127.0.0.1:8188      # a ComfyUI with this pack;
@@ -32,10 +32,11 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+# tools/ is on sys.path: this script's own folder when run, the tests put it there too
+import workflow_convert
+from workflow_convert import combo_choices, has_control_widget, input_type, is_widget
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from testsupport import workflow_convert  # noqa: E402
-from testsupport.workflow_convert import combo_choices, has_control_widget, input_type, is_widget  # noqa: E402
 
 OUT_DIR = ROOT / "workflows"
 FRONTEND_VERSION = "1.27.10"

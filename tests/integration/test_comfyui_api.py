@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import workflow_convert
 from testsupport import comfy_assets as A
-from testsupport import comfyui, workflow_convert
+from testsupport import comfyui
+from testsupport.workflow_checks import key_findings
 
 ROOT = Path(__file__).resolve().parents[2]
 PACK_MODULE = "custom_nodes.comfyui-sam-kit"
@@ -110,7 +112,7 @@ def test_object_info_lists_every_node_with_its_types(object_info):
         local_inputs = {k: _type(v) for k, v in _inputs(object_info[local]).items()}
         assert {k: remote_inputs.get(k) for k in shared} == {k: local_inputs[k] for k in shared}, remote
         assert "model" not in remote_inputs and remote_inputs.get("endpoint") == "COMBO", remote
-        assert not workflow_convert.key_findings([{"name": n} for n in remote_inputs]), f"{remote} has a key-like input"
+        assert not key_findings([{"name": n} for n in remote_inputs]), f"{remote} has a key-like input"
         local_outputs = dict(zip(object_info[local]["output_name"], object_info[local]["output"]))
         for name, kind in zip(info["output_name"], info["output"]):
             assert local_outputs.get(name) == kind, f"{remote} output {name} ({kind}) is not one of {local}'s"

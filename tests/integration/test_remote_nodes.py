@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import workflow_convert as wc
 from testsupport import comfy_assets as A
 from testsupport import comfyui
-from testsupport import workflow_convert as wc
+from testsupport.workflow_checks import preview_targets
 
 ROOT = Path(__file__).resolve().parents[2]
 ENDPOINT = "studio"
@@ -164,7 +165,7 @@ def test_sam_half_of_the_remote_workflow_runs(name, comfy_server, fal_server, ob
     assert remote and all(prompt[nid]["inputs"]["endpoint"] == "fal" for nid in remote)
     for nid in remote:  # the shipped file names fal.ai; here the same graph goes to the self-hosted server
         prompt[nid]["inputs"]["endpoint"] = ENDPOINT
-    targets = wc.preview_targets(prompt, object_info)
+    targets = preview_targets(prompt, object_info)
     assert targets, "no preview of the SAM Kit result"
     entry = comfy_server.wait_for_history(comfy_server.queue_prompt(prompt, partial_execution_targets=targets), timeout=240)
     assert comfyui.status_of(entry) == "success", comfyui.describe_failure(entry)

@@ -16,14 +16,15 @@ from pathlib import Path
 
 import pytest
 
+import workflow_convert as wc
 from testsupport import comfy_assets as A
 from testsupport import comfyui
-from testsupport import workflow_convert as wc
+from testsupport.workflow_checks import preview_targets, shipped_file_choices, workflow_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOW_FILES = sorted((ROOT / "workflows").glob("*.json"))
-TOOL = wc.workflow_tool(ROOT)
-FILE_CHOICES = wc.shipped_file_choices(TOOL)
+TOOL = workflow_tool(ROOT)
+FILE_CHOICES = shipped_file_choices(TOOL)
 
 
 def _load(path: Path) -> dict:
@@ -83,7 +84,7 @@ def test_sam_half_of_the_workflow_runs(path, comfy_server, object_info):
             node["inputs"]["model_name"] = A.SMALL_SAM
         if node["class_type"] == "SamKitSegmentationMap":
             node["inputs"]["points_per_side"] = 8  # a random-weight model: keep the run short
-    targets = wc.preview_targets(prompt, object_info)
+    targets = preview_targets(prompt, object_info)
     assert targets, "no preview of the SAM Kit result"
     entry = comfy_server.wait_for_history(comfy_server.queue_prompt(prompt, partial_execution_targets=targets), timeout=240)
     assert comfyui.status_of(entry) == "success", comfyui.describe_failure(entry)

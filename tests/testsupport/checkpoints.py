@@ -1,12 +1,14 @@
 """Checkpoints of the real architectures, built in the tests and saved as the real files are.
 
 * ``build_small_sam(seed)``: a segment-anything ``Sam`` with a small ViT encoder (256 px input).
-* ``build_vit_t_sam(seed)``: MobileSAM's real configuration (TinyViT-5M encoder, 1024 px).
+* ``build_vit_t_sam(seed)``: MobileSAM's real configuration (TinyViT-5M encoder, 1024 px), with
+  batch-norm statistics that are not the identity.
 * ``save_sam_checkpoint(sam, path)``: ``torch.save(state_dict)``, as Meta and MobileSAM publish.
-* ``save_fastsam_checkpoint(path, seed)``: an ultralytics YOLOv8n-seg with one class, saved in
-  the dict format ultralytics' trainer writes (what FastSAM-s.pt is).
-Random weights: these prove loading and plumbing; tests about what a mask *is* use the trained
-fixtures in tests/testmodels.
+* ``save_fastsam_checkpoint(path, seed, scale="n")``: an ultralytics YOLOv8n-seg with one class,
+  saved in the dict format ultralytics' trainer writes (what FastSAM-s.pt is), trained size 256.
+The published architectures and formats come from tools/synthetic_checkpoints.py, which the
+benchmarks share. Random weights: these prove loading and plumbing; tests about what a mask *is*
+use the trained fixtures in tests/testmodels.
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ from pathlib import Path
 
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+from synthetic_checkpoints import build_random_fastsam, build_random_sam, save_fastsam_model, save_sam_checkpoint
+
+__all__ = ["SMALL_SAM", "build_small_sam", "build_vit_t_sam", "save_fastsam_checkpoint", "save_sam_checkpoint"]
 
 SMALL_SAM = dict(img_size=256, patch_size=16, embed_dim=64, depth=2, num_heads=2, global_attn_indexes=[1], window_size=4)
 
@@ -43,17 +49,7 @@ def build_small_sam(seed: int = 0, **overrides) -> Sam:
 
 def build_vit_t_sam(seed: int = 0) -> Sam:
     """MobileSAM's exact architecture, through the pack's TinyViT and segment-anything's heads."""
-    from comfyui_sam_kit.samkit.loader import SamConfig, build_sam
-    from comfyui_sam_kit.samkit.tiny_vit import TinyViTConfig
-
-    torch.manual_seed(seed)
-    tv = TinyViTConfig()
-    config = SamConfig(
-        encoder="tiny_vit", encoder_kwargs=tuple(sorted(vars(tv).items())), prompt_embed_dim=256, image_size=1024,
-        mask_in_chans=16, decoder_depth=2, decoder_mlp_dim=2048, num_multimask_outputs=3, iou_head_depth=3,
-        iou_head_hidden_dim=256,
-    )
-    sam = build_sam(config).eval()
+    sam = build_random_sam("vit_t", seed)
     # give batch norms non-trivial statistics so a wrong key mapping would show in outputs
     with torch.no_grad():
         for m in sam.modules():
@@ -63,31 +59,5 @@ def build_vit_t_sam(seed: int = 0) -> Sam:
     return sam
 
 
-def save_sam_checkpoint(sam: Sam, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(sam.state_dict(), path)
-    return path
-
-
 def save_fastsam_checkpoint(path: Path, seed: int = 0, scale: str = "n") -> Path:
-    from ultralytics.nn.tasks import SegmentationModel
-    from ultralytics.utils import DEFAULT_CFG_DICT
-
-    torch.manual_seed(seed)
-    model = SegmentationModel(f"yolov8{scale}-seg.yaml", nc=1, verbose=False)
-    model.names = {0: "object"}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ckpt = {
-        "epoch": -1,
-        "best_fitness": None,
-        "model": model.half(),
-        "ema": None,
-        "updates": None,
-        "optimizer": None,
-        "train_args": {**DEFAULT_CFG_DICT, "task": "segment", "imgsz": 256, "single_cls": True},
-        "version": "8.4.190",
-    }
-    torch.save(ckpt, path)
-    return path
+    return save_fastsam_model(build_random_fastsam(scale, seed), path, imgsz=256)

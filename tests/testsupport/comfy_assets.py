@@ -139,7 +139,7 @@ def prepare_base(repo_root: Path, base: Path) -> Path:
 def _write_placeholder_models(repo_root: Path, models: Path) -> None:
     """The SD files the shipped workflows name, as empty files: ComfyUI then lists them, so its own
     validation of those workflows can pass. The prompts that name them are validated, never run."""
-    from .workflow_convert import workflow_tool
+    from .workflow_checks import workflow_tool
 
     tool = workflow_tool(repo_root)
     for folder, name in (("checkpoints", tool.SD15_CHECKPOINT), ("controlnet", tool.SEG_CONTROLNET)):

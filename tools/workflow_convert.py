@@ -15,8 +15,8 @@ follows what the 1.27 frontend does (read from its bundle):
 * a linked input replaces the widget value of the same name; ``Note`` / ``MarkdownNote`` are
   not sent; ``Reroute`` nodes are followed to the real source; muted (mode 2) nodes are not sent.
 
-The integration tests check this converter against the real frontend: every shipped workflow
-is loaded into the ComfyUI page and ``app.graphToPrompt()`` must give the same prompt.
+The integration tests load every shipped workflow into the real frontend: its
+``app.graphToPrompt()`` must give the same prompt as this converter.
 
 Public API:
 
@@ -37,21 +37,17 @@ Public API:
 * ``pack_object_info(repo_root) -> dict``: that for every node of this pack, imported in-process
   as package ``comfyui_sam_kit`` (the integration tests prove it equals the live server's).
 * ``CORE_SNAPSHOT`` / ``load_core_snapshot()`` / ``core_snapshot_from(object_info, types)``: the
-  core node specs the shipped workflows use, saved from a real ComfyUI (file lists blanked);
-  ``offline_object_info(repo_root)`` = that snapshot + ``pack_object_info``, for CI.
-* ``upstream_of(prompt, node_id) -> set``: the node and every node it depends on;
-  ``preview_targets(prompt, object_info, avoid)``: output nodes that need none of ``avoid``
-  (the SAM half of a workflow, for partial execution without the SD models).
-* ``workflow_tool(repo_root)``: tools/make_workflows.py as a module; ``shipped_file_choices(tool)``:
-  the model and image files the shipped workflows name (a user brings them; test servers lack them).
-* ``key_findings(obj) -> list[str]``: places in a JSON document that hold, or are named like,
-  a credential (fal keys, Authorization headers, api_key/secret/token fields).
+  core node specs the shipped workflows use, saved from a real ComfyUI (file lists blanked) in
+  tools/core_object_info.json; ``offline_object_info(repo_root)`` = that snapshot +
+  ``pack_object_info``, so tools/make_workflows.py and CI need no ComfyUI.
+
+The pack's own code for its example workflows: tools/make_workflows.py writes them by these rules
+and the tests check them with this module (test-only checks: tests/testsupport/workflow_checks.py).
 """
 
 from __future__ import annotations
 
 import json
-import re
 import sys
 import types
 from pathlib import Path
@@ -353,7 +349,8 @@ PACKAGE = "comfyui_sam_kit"
 
 
 def import_pack(repo_root: Path):
-    """The pack's ``nodes`` package, imported as ``comfyui_sam_kit.nodes`` (as tests/conftest.py sets up)."""
+    """The pack's ``nodes`` package, imported as ``comfyui_sam_kit.nodes`` (a package named like ComfyUI's
+    path-derived one, so the pack's relative imports resolve; tests/conftest.py registers the same)."""
     import importlib
 
     if PACKAGE not in sys.modules:
@@ -372,7 +369,7 @@ def pack_object_info(repo_root: Path) -> dict:
             for name, cls in nodes.NODE_CLASS_MAPPINGS.items()}
 
 
-CORE_SNAPSHOT = Path(__file__).resolve().parents[1] / "integration" / "core_object_info.json"
+CORE_SNAPSHOT = Path(__file__).resolve().parent / "core_object_info.json"
 # combos whose choices are the files a machine has: the snapshot keeps them empty
 FILE_INPUTS = {"LoadImage": ["image"], "CheckpointLoaderSimple": ["ckpt_name"], "ControlNetLoader": ["control_net_name"],
                "VAELoader": ["vae_name"], "LoraLoader": ["lora_name"], "UpscaleModelLoader": ["model_name"]}
@@ -411,71 +408,3 @@ def offline_object_info(repo_root: Path, snapshot: Optional[dict] = None) -> dic
     info = {kind: dict(spec) for kind, spec in snapshot["nodes"].items()}
     info.update(pack_object_info(repo_root))
     return info
-
-
-# ---------------------------------------------------------------------- credentials
-FAL_KEY_PATTERN = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}:[0-9a-fA-F]{16,}")
-SECRET_TEXT = re.compile(r"(authorization\s*[:=]|\bkey\s+[0-9a-f-]{20,}|\bbearer\s+\S{12,}|fal_key\s*=\s*\S)", re.IGNORECASE)
-SECRET_NAME = re.compile(r"(api[_-]?key|fal[_-]?key|secret|token|password|authori[sz]ation|credential)", re.IGNORECASE)
-
-
-def key_findings(obj, path: str = "$") -> list[str]:
-    """Where a JSON document holds something that is, or is named like, a credential."""
-    found: list[str] = []
-    if isinstance(obj, dict):
-        for name, value in obj.items():
-            if isinstance(name, str) and SECRET_NAME.search(name):
-                found.append(f"{path}.{name}: a field named like a credential")
-            if name == "name" and isinstance(value, str) and SECRET_NAME.search(value):
-                found.append(f"{path}: an input/widget named {value!r}")
-            found.extend(key_findings(value, f"{path}.{name}"))
-    elif isinstance(obj, list):
-        for i, value in enumerate(obj):
-            found.extend(key_findings(value, f"{path}[{i}]"))
-    elif isinstance(obj, str):
-        if FAL_KEY_PATTERN.search(obj):
-            found.append(f"{path}: a fal key (key_id:key_secret)")
-        elif SECRET_TEXT.search(obj):
-            found.append(f"{path}: text that carries a credential")
-    return found
-
-
-# ---------------------------------------------------------------------- the shipped workflows
-def workflow_tool(repo_root: Path):
-    """tools/make_workflows.py, imported as a module."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("samkit_make_workflows", Path(repo_root) / "tools" / "make_workflows.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def shipped_file_choices(tool) -> dict:
-    return {
-        ("LoadImage", "image"): [tool.EXAMPLE_IMAGE],
-        ("CheckpointLoaderSimple", "ckpt_name"): [tool.SD15_CHECKPOINT],
-        ("ControlNetLoader", "control_net_name"): [tool.SEG_CONTROLNET],
-    }
-
-
-def upstream_of(prompt: dict, node_id: str) -> set:
-    """``node_id`` and every node of the API prompt it depends on."""
-    seen, todo = set(), [str(node_id)]
-    while todo:
-        current = todo.pop()
-        if current not in seen:
-            seen.add(current)
-            todo.extend(v[0] for v in prompt[current]["inputs"].values()
-                        if isinstance(v, list) and len(v) == 2 and isinstance(v[0], str))
-    return seen
-
-
-SD_LOADERS = frozenset({"CheckpointLoaderSimple", "ControlNetLoader", "VAELoader", "LoraLoader"})
-
-
-def preview_targets(prompt: dict, object_info: dict, avoid: Iterable[str] = SD_LOADERS) -> list:
-    """Output nodes whose inputs need none of the node types in ``avoid``."""
-    avoid = set(avoid)
-    return [nid for nid, node in prompt.items() if object_info[node["class_type"]].get("output_node")
-            and not {prompt[s]["class_type"] for s in upstream_of(prompt, nid)} & avoid]

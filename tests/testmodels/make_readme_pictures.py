@@ -1,9 +1,10 @@
 """docs/images/fixture_segmap_and_click.png: the pack's nodes run on the trained test SAM.
 
 Input scene | SAM Segmentation Map | Tiny SAM with one click (green) and one box (blue), on a
-held-out synthetic scene, through the node classes (the same code ComfyUI runs).
+held-out synthetic scene, through the node classes (the same code ComfyUI runs). It lives with
+the fixtures it draws (tools/ never imports the test tree).
 
-    python tools/make_readme_pictures.py
+    python tests/testmodels/make_readme_pictures.py
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))  # run as a script: make `testsupport` importable
 # import the repo as the package ComfyUI would (as tests/conftest.py does)
 package = types.ModuleType("comfyui_sam_kit")
 package.__path__ = [str(ROOT)]
