@@ -178,3 +178,9 @@ def clear_cache() -> None:
         dropped = list(_cache.values())
         _cache.clear()
     del dropped  # outside the lock, as in load_model
+
+
+def cached_models() -> list[LoadedModel]:
+    """The models the cache holds now, least recently used first (tests and the memory probe read it)."""
+    with _cache_lock:
+        return list(_cache.values())
