@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 import logging
 
+from . import comfy_bridge
+
 log = logging.getLogger("comfyui-sam-kit")
 
 NODE_MODULES = ("model_loader", "seg_map", "segment_picker", "tiny_sam", "fal_remote")
@@ -33,3 +35,6 @@ for _name in NODE_MODULES:
         continue
     NODE_CLASS_MAPPINGS.update(getattr(_module, "NODE_CLASS_MAPPINGS", {}))
     NODE_DISPLAY_NAME_MAPPINGS.update(getattr(_module, "NODE_DISPLAY_NAME_MAPPINGS", {}))
+
+# the one place the pack connects itself to ComfyUI (hooks, model folder, config folder)
+comfy_bridge.install()

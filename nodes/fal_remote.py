@@ -8,7 +8,6 @@ shared workflow or PNG never carries a key.
 
 from __future__ import annotations
 
-from . import comfy_bridge  # noqa: F401  (installs the ComfyUI runtime hooks)
 from .prompt_inputs import linked_prompt_inputs
 from ..samkit import tiny_sam_params as P
 from ..samkit.fal import remote

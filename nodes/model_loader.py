@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from . import comfy_bridge  # noqa: F401  (registers the sams folder, installs hooks)
 from ..samkit import model_folders
 from ..samkit.loader import load_model
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from . import comfy_bridge  # noqa: F401  (installs ComfyUI hooks when present)
 from ..samkit.automask import AutoMaskSettings
 from ..samkit.segmap import segmentation_map
 

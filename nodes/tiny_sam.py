@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from . import comfy_bridge  # noqa: F401  (installs the ComfyUI runtime hooks)
 from .prompt_inputs import linked_prompt_inputs
 from ..samkit import tiny_sam_params as P
 from ..samkit.tinysam import TinySamRequest, segment_with_prompts

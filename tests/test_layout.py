@@ -7,9 +7,9 @@
   "400 lines" with the reason), so every file stays a room one can read whole;
 * ``samkit/`` imports no ComfyUI module anywhere, not even lazily (``test_pack_loading``
   checks what importing the library loads; this also sees imports inside functions);
-* ``nodes/`` stay thin: only ``comfy_bridge`` touches ComfyUI, no node module imports an array,
-  tensor, image or model library (that work belongs in ``samkit/``), and none is longer than
-  200 lines;
+* ``nodes/`` stay thin: only the bridge (``comfy_bridge``, ``comfy_memory``) touches ComfyUI, no
+  node module imports an array, tensor, image or model library (that work belongs in
+  ``samkit/``), and none is longer than 200 lines (the bridge: 400);
 * imports inside the pack are relative (ComfyUI loads the pack under a path-derived name);
 * dependencies point one way: the pack imports no development code, tools/ and bench/ import the
   pack (bench/ also tools/), and nothing outside tests/ imports the test tree or puts it on sys.path.
@@ -23,6 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MAX_LINES = 400
 MAX_NODE_LINES = 200
+#: the bridge to ComfyUI: the only node-side modules that import ComfyUI (and torch, for its patcher)
+BRIDGE_MODULES = {"nodes.comfy_bridge", "nodes.comfy_memory"}
 #: top-level names of ComfyUI's own modules (ComfyUI 0.3.x puts its root on sys.path)
 COMFYUI_MODULES = {"comfy", "comfy_api", "comfy_execution", "comfy_extras", "comfy_config", "folder_paths", "server",
                    "nodes", "execution", "latent_preview", "node_helpers"}
@@ -159,15 +161,18 @@ def test_nodes_stay_thin():
     assert "nodes.comfy_bridge" in node_modules and "nodes.seg_map" in node_modules
     for name, path in node_modules.items():
         lines = path.read_text(encoding="utf-8").count("\n")
-        if lines > MAX_NODE_LINES:
+        if name in BRIDGE_MODULES:  # the bridge is no node class: it is held to samkit's room size
+            if lines > MAX_LINES:
+                problems.append(f"{path.relative_to(ROOT)} has {lines} lines")
+        elif lines > MAX_NODE_LINES:
             problems.append(f"{path.relative_to(ROOT)} has {lines} lines (node classes stay thin over samkit/)")
         for level, target, line in _imports(name, path):
             if level:
                 continue
             top = target.split(".")[0]
-            if top in COMFYUI_MODULES and name != "nodes.comfy_bridge":
+            if top in COMFYUI_MODULES and name not in BRIDGE_MODULES:
                 problems.append(f"{path.relative_to(ROOT)}:{line} imports ComfyUI's {target}; only comfy_bridge may")
-            if top in HEAVY_MODULES and name != "nodes.comfy_bridge":
+            if top in HEAVY_MODULES and name not in BRIDGE_MODULES:
                 problems.append(f"{path.relative_to(ROOT)}:{line} imports {target}; that work belongs in samkit/")
     assert not problems, problems
 

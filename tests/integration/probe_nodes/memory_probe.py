@@ -48,7 +48,7 @@ def report() -> dict:
     from server import PromptServer
 
     loader = _pack_module("samkit.loader")
-    bridge = _pack_module("nodes.comfy_bridge")
+    bridge = _pack_module("nodes.comfy_memory")
     if loader is None or bridge is None:
         raise LookupError(f"{PACK} is not loaded in this ComfyUI")
     cache_module = _pack_module("samkit.embedding_cache")  # imported by the first Tiny SAM run
