@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .models import LoadedModel
+from .loaded_model import LoadedModel
 from .prompts import ImagePrompts
 from .tiny_sam_params import CONFIDENCE, IOU, SIZE
 

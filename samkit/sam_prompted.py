@@ -34,7 +34,7 @@ import torch
 
 from .compact import CompactMasks
 from .embedding_cache import EmbeddingCache, ImageEmbedding, embeddings, image_digest, model_token
-from .models import LoadedModel
+from .loaded_model import LoadedModel
 from .point_decoder import (
     decode_chunk_size,
     decode_point_tokens,
