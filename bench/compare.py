@@ -9,7 +9,7 @@ Sections (each prints times, the ratio, and peak memory of both sides):
 (a) seg map: ``samkit.automask.generate_segments`` + painting versus segment-anything's
     ``SamAutomaticMaskGenerator`` + largest-first painting (what other packs wrap), with the
     segments matched (count, mean IoU of matched masks);
-(b) Tiny SAM prompt edit on a cached image versus a cold run (``samkit.tinysam``);
+(b) Tiny SAM prompt edit on a cached image versus a cold run (``samkit.tiny_sam_job``);
 (c) the FastSAM path (Tiny SAM with a FastSAM checkpoint) versus a bare ``ultralytics.FastSAM`` call;
 (d) the remote node's overhead versus bare HTTP round trips against the self-hosted endpoint.
 
@@ -103,7 +103,7 @@ def bench_segmap(sam, image: np.ndarray, pps: int, device: torch.device, pred_io
 
 def bench_prompt_edit(model, image: np.ndarray, device: torch.device) -> dict:
     from samkit.embedding_cache import embeddings
-    from samkit.tinysam import TinySamRequest, segment_with_prompts
+    from samkit.tiny_sam_job import TinySamRequest, segment_with_prompts
 
     h, w = image.shape[:2]
     tensor = torch.from_numpy(image).float()[None] / 255
@@ -129,7 +129,7 @@ def bench_prompt_edit(model, image: np.ndarray, device: torch.device) -> dict:
 def bench_fastsam(path: Path, image: np.ndarray, size: int, device: torch.device) -> dict:
     from ultralytics import FastSAM
 
-    from samkit.tinysam import TinySamRequest, segment_with_prompts
+    from samkit.tiny_sam_job import TinySamRequest, segment_with_prompts
 
     h, w = image.shape[:2]
     box = [w // 4, h // 4, w // 2, h // 2]

@@ -12,7 +12,7 @@ from .prompt_inputs import linked_prompt_inputs
 from ..samkit import tiny_sam_params as P
 from ..samkit.fal import remote
 from ..samkit.fal.keys import list_targets
-from ..samkit.tinysam import TinySamRequest
+from ..samkit.tiny_sam_job import TinySamRequest
 
 _D = TinySamRequest()
 

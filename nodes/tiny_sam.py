@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .prompt_inputs import linked_prompt_inputs
 from ..samkit import tiny_sam_params as P
-from ..samkit.tinysam import TinySamRequest, segment_with_prompts
+from ..samkit.tiny_sam_job import TinySamRequest, segment_with_prompts
 
 _D = TinySamRequest()
 

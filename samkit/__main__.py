@@ -99,7 +99,7 @@ def cmd_segmap(args) -> int:
 
 def cmd_tinysam(args) -> int:
     from .images import load_image_file
-    from .tinysam import TinySamRequest, segment_with_prompts
+    from .tiny_sam_job import TinySamRequest, segment_with_prompts
 
     model = _load(args)
     request = TinySamRequest(

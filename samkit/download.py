@@ -39,7 +39,7 @@ from . import runtime
 from .catalogue import KnownModel
 from .model_errors import ModelFileError
 from .model_files import format_of, is_ultralytics, load_fastsam, read_state_dict, safetensors_problem
-from .models import FASTSAM_FAMILY, SAM_FAMILY
+from .loaded_model import FASTSAM_FAMILY, SAM_FAMILY
 from .sam_config import detect_sam_config
 from .sniff import describe_head, read_head
 

@@ -75,7 +75,7 @@ _caches: "weakref.WeakSet[EmbeddingCache]" = weakref.WeakSet()
 
 
 def model_token(model) -> Hashable:
-    """A cache identity for a :class:`~samkit.models.LoadedModel`.
+    """A cache identity for a :class:`~samkit.loaded_model.LoadedModel`.
 
     The loader's key names the file and its state; a model without one (built in memory) gets a
     token that is never reused, unlike ``id()``, which a new object may inherit. When what the

@@ -21,34 +21,19 @@ is the same selection work ultralytics would do.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
-from .models import LoadedModel
+from .loaded_model import LoadedModel
 from .prompts import ImagePrompts
+from .results import Masks
 from .tiny_sam_params import CONFIDENCE, IOU, SIZE
 
 
-@dataclass
-class Instances:
-    """Everything-mode output for one image, in the model's order (highest confidence first).
-
-    ``masks``: uint8 ``[N,H,W]`` (0/1, ultralytics' own dtype) on the model's device;
-    ``scores``: detection confidence ``[N]``.
-    """
-
-    masks: torch.Tensor
-    scores: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.masks.shape[0])
-
-
 def predict_everything(model: LoadedModel, image: np.ndarray, size: int = SIZE.default,
-                       confidence: float = CONFIDENCE.default, iou: float = IOU.default) -> Instances:
-    """FastSAM's everything pass on one RGB uint8 ``[H,W,3]`` image."""
+                       confidence: float = CONFIDENCE.default, iou: float = IOU.default) -> Masks:
+    """FastSAM's everything pass on one RGB uint8 ``[H,W,3]`` image: 0/1 uint8 masks (ultralytics' own dtype)
+    and detection confidences, in the model's order (highest confidence first)."""
     h, w = image.shape[:2]
     bgr = np.ascontiguousarray(image[..., ::-1])  # ultralytics reads numpy images as OpenCV BGR
     kwargs = dict(imgsz=int(size), conf=float(confidence), iou=float(iou), retina_masks=True,
@@ -58,13 +43,13 @@ def predict_everything(model: LoadedModel, image: np.ndarray, size: int = SIZE.d
     result = model.runner.predict(bgr, **kwargs)[0]
     if result.masks is None or len(result) == 0:
         device = result.boxes.data.device if result.boxes is not None else torch.device("cpu")
-        return Instances(torch.zeros((0, h, w), dtype=torch.uint8, device=device), torch.zeros((0,), device=device))
+        return Masks.empty(h, w, device, dtype=torch.uint8)
     masks = result.masks.data
     if masks.shape[1:] != (h, w):  # retina masks are full size already; ultralytics' prompt() guards the same way
         from ultralytics.utils.ops import scale_masks
 
         masks = (scale_masks(masks[None].float(), (h, w))[0] > 0.5).byte()
-    return Instances(masks, result.boxes.conf.float())
+    return Masks(masks, result.boxes.conf.float())
 
 
 def select(masks: torch.Tensor, prompts: ImagePrompts) -> tuple[torch.Tensor, list[int]]:
@@ -111,17 +96,9 @@ def select(masks: torch.Tensor, prompts: ImagePrompts) -> tuple[torch.Tensor, li
     return chosen, by_box
 
 
-@dataclass
-class Selection:
-    """Selected FastSAM objects of one image: bool ``masks`` ``[K,H,W]`` and ``scores`` ``[K]``."""
-
-    masks: torch.Tensor
-    scores: torch.Tensor
-
-
 def segment_prompted(model: LoadedModel, image: np.ndarray, prompts: ImagePrompts, size: int = SIZE.default,
-                     confidence: float = CONFIDENCE.default, iou: float = IOU.default) -> Selection:
-    """FastSAM objects for one image: every instance without prompts, else FastSAM's selection.
+                     confidence: float = CONFIDENCE.default, iou: float = IOU.default) -> Masks:
+    """FastSAM objects for one image (bool masks): every instance without prompts, else FastSAM's selection.
 
     Object order: the masks picked by boxes in box order, then the other selected masks in the
     model's order.
@@ -133,7 +110,7 @@ def segment_prompted(model: LoadedModel, image: np.ndarray, prompts: ImagePrompt
         chosen, by_box = select(found.masks, prompts)
         rest = [i for i in torch.nonzero(chosen).flatten().tolist() if i not in by_box]
         order = torch.as_tensor(by_box + rest, dtype=torch.long, device=found.masks.device)
-    return Selection(found.masks[order].bool(), found.scores[order])
+    return Masks(found.masks[order].bool(), found.scores[order])
 
 
 def segment_everything(model: LoadedModel, image: np.ndarray, size: int = SIZE.default,

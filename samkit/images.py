@@ -1,7 +1,11 @@
-"""Conversions between ComfyUI tensors, numpy arrays and files.
+"""Conversions between ComfyUI tensors, numpy arrays and files, and the pack's one image codec.
 
 ComfyUI's IMAGE is ``[B,H,W,C]`` float in 0..1 (C is 3, sometimes 4 or 1 from other nodes);
 MASK is ``[B,H,W]`` float in 0..1 (some nodes hand over ``[H,W]``).
+
+Every PNG the pack writes (CLI files, the server's results, the remote nodes' uploads) is made
+by :func:`png_bytes`, and every image file or upload it reads is decoded here (:func:`read_image`,
+:func:`read_image_and_alpha`), so the CLI, the server and the remote nodes agree on pixels.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import io
 import struct
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -209,19 +214,54 @@ def decode_image_bytes(data: bytes, name: str = "image", max_pixels: int | None 
     return from_uint8_rgb(read_image(data, name, max_pixels))
 
 
-def encode_png(image: torch.Tensor) -> bytes:
-    """One image (``[H,W,C]`` or ``[1,H,W,C]``) as PNG bytes (lossless, no metadata)."""
+def read_image_and_alpha(data: bytes, name: str) -> tuple[np.ndarray, Optional[np.ndarray], bool]:
+    """Decode image bytes keeping transparency: ``(pixels, alpha, lossless)``.
+
+    ``pixels`` ``[H,W,3]`` uint8 RGB: the colour under any alpha (not composited); files without
+    alpha by :func:`rgb8_from_pil`'s rules. ``alpha`` ``[H,W]`` uint8, or ``None`` when the file
+    has none or it is 255 everywhere. ``lossless``: the format stores pixels exactly (PNG, BMP,
+    TIFF, GIF). EXIF orientation is applied. Raises :class:`ImageDecodeError` naming ``name``.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            lossless = img.format in ("PNG", "BMP", "TIFF", "GIF")  # before exif_transpose: its copy has no format
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                rgba = img.convert("RGBA")
+                alpha = np.asarray(rgba)[..., 3].copy()
+                return np.asarray(rgba.convert("RGB")).copy(), (None if alpha.min() == 255 else alpha), lossless
+            return rgb8_from_pil(img, name), None, lossless
+    except ImageDecodeError:
+        raise
+    except _DECODE_ERRORS as exc:
+        raise ImageDecodeError(f"{name} is not a readable image ({type(exc).__name__})") from None
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """``(width, height)`` of encoded image bytes, read from the header. Raises Pillow's errors."""
+    with Image.open(io.BytesIO(data)) as img:
+        return img.size
+
+
+def png_bytes(pixels: np.ndarray, compress_level: int = -1) -> bytes:
+    """``[H,W,3]`` RGB or ``[H,W]`` greyscale uint8 pixels as PNG bytes (lossless, no metadata).
+
+    ``compress_level`` is zlib's 0..9 (-1: Pillow's default, 6); it trades size for speed and
+    never changes the pixels.
+    """
     buf = io.BytesIO()
-    Image.fromarray(to_uint8_rgb(image)).save(buf, format="PNG")
+    Image.fromarray(np.ascontiguousarray(pixels)).save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
+
+
+def encode_png(image: torch.Tensor) -> bytes:
+    """One image (``[H,W,C]`` or ``[1,H,W,C]``, float 0..1) as PNG bytes (:func:`png_bytes`)."""
+    return png_bytes(to_uint8_rgb(image))
 
 
 def encode_mask_png(mask: torch.Tensor) -> bytes:
-    """One ``[H,W]`` mask as an 8-bit greyscale PNG."""
-    arr = (mask.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
-    buf = io.BytesIO()
-    Image.fromarray(arr, mode="L").save(buf, format="PNG")
-    return buf.getvalue()
+    """One ``[H,W]`` mask (float 0..1) as an 8-bit greyscale PNG."""
+    return png_bytes((mask.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy())
 
 
 def save_atomically(data: bytes, path: str | Path) -> None:

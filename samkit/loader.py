@@ -25,7 +25,7 @@ import torch
 
 from . import model_files, model_source, runtime
 from .model_errors import DamagedCheckpoint, ModelFileError, UnsupportedCheckpoint  # noqa: F401  (the loader's errors)
-from .models import FASTSAM_FAMILY, SAM_FAMILY, LoadedModel
+from .loaded_model import FASTSAM_FAMILY, SAM_FAMILY, LoadedModel
 from .sam_config import SamConfig, build_sam, detect_sam_config  # noqa: F401  (SamConfig: still loader.SamConfig)
 
 log = logging.getLogger("comfyui-sam-kit")

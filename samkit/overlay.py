@@ -10,29 +10,18 @@ from __future__ import annotations
 
 import torch
 
-from .painting import area_order, palette
+from .painting import area_order, label_map, palette
 
 #: how strongly an object's colour covers the image (FastSAM's plot uses 0.6)
 OVERLAY_ALPHA = 0.6
 
 
-def object_label_map(masks: torch.Tensor) -> torch.Tensor:
-    """``[H,W]`` int64: the index of the object shown at each pixel (-1 for none).
-
-    Where objects overlap, the smaller one is on top.
-    """
-    n, h, w = masks.shape
-    labels = torch.full((h, w), -1, dtype=torch.int64, device=masks.device)
-    for i in area_order(masks).tolist():
-        labels[masks[i].bool()] = i
-    return labels
-
-
 def paint_objects(image: torch.Tensor, masks: torch.Tensor, alpha: float = OVERLAY_ALPHA, seed: int = 0) -> torch.Tensor:
-    """``image`` ``[H,W,3]`` (float 0..1) with the objects of ``masks`` ``[N,H,W]`` tinted over it."""
+    """``image`` ``[H,W,3]`` (float 0..1) with the objects of ``masks`` ``[N,H,W]`` (any nonzero value
+    covers) tinted over it; where objects overlap, the smaller one is on top."""
     if masks.shape[0] == 0:
         return image.clone()
-    return paint_labels(image, object_label_map(masks), masks.shape[0], alpha, seed)
+    return paint_labels(image, label_map(masks.bool(), area_order(masks).tolist()), masks.shape[0], alpha, seed)
 
 
 def paint_labels(image: torch.Tensor, labels, count: int, alpha: float = OVERLAY_ALPHA, seed: int = 0) -> torch.Tensor:

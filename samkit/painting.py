@@ -8,6 +8,8 @@ and the pack's picker pull one segment back out of a saved map.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 
@@ -48,19 +50,31 @@ def order_by_area(areas: torch.Tensor) -> torch.Tensor:
     return torch.sort(areas, descending=True, stable=True).indices
 
 
+def label_map(masks: torch.Tensor, order: Sequence[int] | None = None) -> torch.Tensor:
+    """int64 ``[H,W]`` on the masks' device: at each pixel the index of the last mask in ``order``
+    (default ``0..N-1``) that covers it, -1 where none does.
+
+    ``masks`` is ``[N,H,W]`` bool, or float where a pixel is covered above 0.5. Every painter in the
+    pack colours a label map built this way, so later masks lie on top: pass masks (or ``order``)
+    largest first and smaller ones stay visible. ``CompactMasks.label_map`` is the same rule for
+    compact masks.
+    """
+    n, h, w = masks.shape
+    labels = torch.full((h, w), -1, dtype=torch.int64, device=masks.device)
+    for i in (range(n) if order is None else order):
+        labels[masks[i] > 0.5] = int(i)
+    return labels
+
+
 def paint_segments(masks: torch.Tensor, seed: int = 0, colours: np.ndarray | None = None) -> torch.Tensor:
     """Paint bool/float masks ``[N,H,W]`` (already in area order) onto black.
 
     Larger segments are painted first so smaller ones stay visible on top. Returns a float
     ``[H,W,3]`` map on the masks' device with values that are exact multiples of 1/255.
     """
-    n, h, w = masks.shape
     if colours is None:
-        colours = palette(n, seed)
-    labels = torch.full((h, w), -1, dtype=torch.int64, device=masks.device)
-    for i in range(n):
-        labels[masks[i] > 0.5] = i
-    return colour_labels(labels, colours).float() / 255.0
+        colours = palette(masks.shape[0], seed)
+    return colour_labels(label_map(masks), colours).float() / 255.0
 
 
 def colour_labels(labels: torch.Tensor | np.ndarray, colours: np.ndarray) -> torch.Tensor:

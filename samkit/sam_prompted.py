@@ -32,9 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .compact import CompactMasks
 from .embedding_cache import EmbeddingCache, ImageEmbedding, embeddings, image_digest, model_token
-from .models import LoadedModel
+from .loaded_model import LoadedModel
 from .point_decoder import (
     decode_chunk_size,
     decode_point_tokens,
@@ -43,6 +42,7 @@ from .point_decoder import (
     upsample_chunk_size,
 )
 from .prompts import ImagePrompts
+from .results import Masks
 from .sam_transforms import sam_resize
 
 
@@ -57,26 +57,6 @@ class ObjectPrompt:
     @property
     def multimask(self) -> bool:
         return self.box is None and len(self.points) == 1
-
-
-@dataclass
-class Objects:
-    """Objects of one image: ``masks`` and ``scores`` ``[K]`` on the model's device.
-
-    ``masks`` is bool ``[K,H,W]`` on the model's device for prompted objects, and
-    :class:`~.compact.CompactMasks` in everything mode (hundreds of masks: kept compact until the
-    outputs are made).
-    """
-
-    masks: torch.Tensor | CompactMasks
-    scores: torch.Tensor
-
-    def __len__(self) -> int:
-        return len(self.masks)
-
-    def keep(self, index: torch.Tensor) -> "Objects":
-        index = index.to(self.scores.device)
-        return Objects(self.masks[index], self.scores[index])
 
 
 def plan_objects(prompts: ImagePrompts) -> list[ObjectPrompt]:
@@ -137,13 +117,13 @@ def _upsampled(sam, low_res: torch.Tensor, input_size: tuple, original_size: tup
 
 
 @torch.inference_mode()
-def decode_objects(sam, embedding: ImageEmbedding, objects: list[ObjectPrompt], dtype: torch.dtype = torch.float32) -> Objects:
+def decode_objects(sam, embedding: ImageEmbedding, objects: list[ObjectPrompt], dtype: torch.dtype = torch.float32) -> Masks:
     """One mask per object; objects of one layout share a decoder call. Order = ``objects`` order."""
     features = embedding.features
     device = features.device
     h, w = embedding.original_size
     if not objects:
-        return Objects(torch.zeros((0, h, w), dtype=torch.bool, device=device), torch.zeros((0,), device=device))
+        return Masks.empty(h, w, device)
     transform = sam_resize(sam)  # ResizeLongestSide without 0-pixel sides (thin strips)
     groups: dict[tuple, list[int]] = {}
     for i, obj in enumerate(objects):
@@ -177,19 +157,19 @@ def decode_objects(sam, embedding: ImageEmbedding, objects: list[ObjectPrompt], 
             index = torch.as_tensor(members[start : start + step], device=device)
             masks[index] = _upsampled(sam, low_res, embedding.input_size, embedding.original_size)
             scores[index] = quality[rows, best]
-    return Objects(masks, scores)
+    return Masks(masks, scores)
 
 
-def _everything(model: LoadedModel, image: np.ndarray) -> Objects:
+def _everything(model: LoadedModel, image: np.ndarray) -> Masks:
     from .automask import AutoMaskSettings, generate_segments
 
     with autocast_for(model.device, model.dtype):
         segments = generate_segments(model.runner, image, AutoMaskSettings())
-    return Objects(segments.compact, segments.predicted_iou.float())
+    return Masks(segments.compact, segments.predicted_iou.float())
 
 
 def segment_prompted(model: LoadedModel, image: np.ndarray, prompts: ImagePrompts, confidence: float,
-                     cache: EmbeddingCache | None = None) -> Objects:
+                     cache: EmbeddingCache | None = None) -> Masks:
     """Objects for one RGB uint8 image's prompts (no prompt: SAM's everything mode)."""
     if prompts.empty or not (prompts.boxes or prompts.has_positive):
         found = _everything(model, image)

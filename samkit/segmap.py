@@ -19,7 +19,7 @@ from . import outputs, runtime
 from .automask import AutoMaskSettings, generate_segments
 from .compact import CompactMasks
 from .images import as_image_batch, to_uint8_rgb
-from .models import LoadedModel
+from .loaded_model import LoadedModel
 from .painting import colour_labels, order_by_area, palette
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """fal ``tiny-sam``'s parameters, defined once: defaults, ranges and the "no prompt" values.
 
-Everything else reads this table: ``tinysam.TinySamRequest`` (defaults and checks), ``fastsam``'s
+Everything else reads this table: ``tiny_sam_job.TinySamRequest`` (defaults and checks), ``fastsam``'s
 function defaults, ``prompts.parse_prompts`` (which point and box mean "none"), ``fal/schemas``
 (fal's input defaults and 422 checks), ``fal/remote.tiny_sam``, the CLI, the self-hosted server
 (through ``schemas`` and ``TinySamRequest``) and the node widgets (:meth:`NumberParam.options`,

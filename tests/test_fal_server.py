@@ -226,7 +226,7 @@ def test_request_timeout_header_drops_a_job_that_did_not_start_in_time():
 
 
 def test_tiny_sam_runs_the_local_code():
-    from comfyui_sam_kit.samkit.tinysam import TinySamRequest, segment_with_prompts
+    from comfyui_sam_kit.samkit.tiny_sam_job import TinySamRequest, segment_with_prompts
 
     image = torch.rand(1, 40, 60, 3, generator=torch.Generator().manual_seed(3))
     png, pixels = encode_input_png(image[0])

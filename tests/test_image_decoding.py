@@ -171,7 +171,7 @@ def test_server_decodes_every_mode_like_the_command_line():
 
 def test_server_tiny_sam_segments_the_16_bit_picture_not_a_white_frame():
     from comfyui_sam_kit.samkit.images import from_uint8_rgb
-    from comfyui_sam_kit.samkit.tinysam import TinySamRequest, segment_with_prompts
+    from comfyui_sam_kit.samkit.tiny_sam_job import TinySamRequest, segment_with_prompts
 
     data, _suffix, expected = GOOD["png_16bit_ramp"]
     with serve() as (_server, base, _f), httpx.Client(base_url=base, headers=AUTH, timeout=10, trust_env=False) as http:

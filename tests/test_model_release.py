@@ -107,7 +107,7 @@ def test_clear_cache_frees_every_model(model_files):
 
 
 def test_every_cache_drops_the_entries_of_a_model_built_in_memory_when_its_module_dies():
-    from comfyui_sam_kit.samkit.models import SAM_FAMILY, LoadedModel
+    from comfyui_sam_kit.samkit.loaded_model import SAM_FAMILY, LoadedModel
 
     import torch
 

@@ -180,7 +180,7 @@ def test_default_free_memory_reads_the_system():
 
 
 def test_tiny_sam_checks_its_outputs_the_same_way(sam, monkeypatch):
-    from comfyui_sam_kit.samkit.tinysam import TinySamRequest, segment_with_prompts
+    from comfyui_sam_kit.samkit.tiny_sam_job import TinySamRequest, segment_with_prompts
 
     image = torch.cat([_scene_tensor(30), _scene_tensor(31)])
     # everything mode (no prompt): at least 2 object masks + 2 RGB images + 2 union masks = 10

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from comfyui_sam_kit.nodes.seg_map import SamKitSegmentationMap
-from comfyui_sam_kit.samkit.models import LoadedModel
+from comfyui_sam_kit.samkit.loaded_model import LoadedModel
 from comfyui_sam_kit.samkit.painting import palette
 from testsupport.checkpoints import build_small_sam
 

@@ -23,7 +23,7 @@ from comfyui_sam_kit.samkit.prompts import ImagePrompts
 from comfyui_sam_kit.samkit.sam_prompted import segment_prompted
 from comfyui_sam_kit.samkit.sam_transforms import SamResize
 from comfyui_sam_kit.samkit.segmap import segmentation_map
-from comfyui_sam_kit.samkit.tinysam import TinySamRequest, segment_with_prompts
+from comfyui_sam_kit.samkit.tiny_sam_job import TinySamRequest, segment_with_prompts
 from testsupport.fal_server import small_model
 from testsupport.trained import TRAINED_SAM_PATH, build_trained_sam
 from testsupport.trained_fastsam import TRAINED_FASTSAM_PATH

@@ -24,7 +24,7 @@ from comfyui_sam_kit.nodes.tiny_sam import SamKitTinySAM
 from comfyui_sam_kit.samkit import fastsam, prompts
 from comfyui_sam_kit.samkit.fal import remote, schemas
 from comfyui_sam_kit.samkit.tiny_sam_params import CONFIDENCE, IOU, NO_BOX, NO_LABEL, NO_POINT, NO_PROMPTS, NUMBERS, SIZE
-from comfyui_sam_kit.samkit.tinysam import TinySamRequest
+from comfyui_sam_kit.samkit.tiny_sam_job import TinySamRequest
 
 ROOT = Path(__file__).resolve().parents[1]
 

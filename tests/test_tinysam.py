@@ -10,7 +10,7 @@ from comfyui_sam_kit.nodes.tiny_sam import SamKitTinySAM
 from comfyui_sam_kit.samkit import loader, point_decoder
 from comfyui_sam_kit.samkit.embedding_cache import embeddings
 from comfyui_sam_kit.samkit.prompts import PromptError, parse_prompts
-from comfyui_sam_kit.samkit.tinysam import TinySamRequest, segment_with_prompts
+from comfyui_sam_kit.samkit.tiny_sam_job import TinySamRequest, segment_with_prompts
 from testsupport.checkpoints import build_small_sam, save_fastsam_checkpoint, save_sam_checkpoint
 
 H, W = 90, 140

@@ -1,5 +1,5 @@
 """Job handlers that bind the library to fal's endpoints: ``fal-ai/tiny-sam`` runs
-``samkit.tinysam.segment_with_prompts`` and ``fal-ai/image-preprocessors/sam`` runs
+``samkit.tiny_sam_job.segment_with_prompts`` and ``fal-ai/image-preprocessors/sam`` runs
 ``samkit.segmap.segmentation_map``, the same code as the local nodes. A handler is
 ``(arguments, ctx: JobContext) -> IMAGE``; every way of serving them (:mod:`.server`, later a
 fal App) runs them through :func:`.jobs.run_job`.
@@ -26,8 +26,8 @@ def model_lock(model) -> threading.Lock:
 
 
 def tiny_sam_handler(model) -> Handler:
-    """``fal-ai/tiny-sam`` → ``samkit.tinysam.segment_with_prompts``; answers its combined image."""
-    from ..tinysam import TinySamRequest, segment_with_prompts
+    """``fal-ai/tiny-sam`` → ``samkit.tiny_sam_job.segment_with_prompts``; answers its combined image."""
+    from ..tiny_sam_job import TinySamRequest, segment_with_prompts
 
     lock = model_lock(model)
 

@@ -8,7 +8,6 @@ Nothing here knows about HTTP or the queue, so every way of serving the handlers
 
 from __future__ import annotations
 
-import io
 import logging
 import threading
 import time
@@ -17,9 +16,9 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
-from PIL import Image
 
 from .. import runtime
+from ..images import ImageDecodeError, decode_image_bytes, image_size, png_bytes, to_uint8_rgb
 from . import schemas
 from .errors import redact
 from .schemas import AppId
@@ -104,8 +103,6 @@ class JobContext:
     def image(self, name: str = "image_url"):
         """The input image as a ``[1,H,W,3]`` IMAGE tensor, decoded by ``images.read_image``'s rules
         (the command line's: 16-bit and float images scaled right, alpha dropped, first frame)."""
-        from ..images import ImageDecodeError, decode_image_bytes
-
         try:
             _mime, data = schemas.decode_data_uri(self._job.arguments[name])
         except ValueError as exc:
@@ -165,17 +162,9 @@ def install_job_hooks() -> None:
 def _png_of(output: Any) -> tuple[bytes, int, int]:
     """Handler output (IMAGE tensor, uint8 array or PNG bytes) → (PNG, width, height)."""
     if isinstance(output, (bytes, bytearray)):
-        with Image.open(io.BytesIO(output)) as img:
-            return bytes(output), img.size[0], img.size[1]
-    if isinstance(output, np.ndarray):
-        pixels = output
-    else:
-        from ..images import to_uint8_rgb
-
-        pixels = to_uint8_rgb(output)
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(pixels)).save(buf, format="PNG")
-    return buf.getvalue(), pixels.shape[1], pixels.shape[0]
+        return (bytes(output), *image_size(output))
+    pixels = output if isinstance(output, np.ndarray) else to_uint8_rgb(output)
+    return png_bytes(pixels), pixels.shape[1], pixels.shape[0]
 
 
 def error_detail(message: str, loc: Iterable = (), type_: str = "value_error") -> dict:

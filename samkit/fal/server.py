@@ -4,7 +4,7 @@
     python -m samkit serve --tiny-sam-model FastSAM-s.pt --segmap-model mobile_sam.pt --no-require-key
 
 It serves ``fal-ai/tiny-sam`` and ``fal-ai/image-preprocessors/sam`` with fal's input and output
-schemas, running the same library code as the local nodes (``samkit.tinysam.segment_with_prompts``
+schemas, running the same library code as the local nodes (``samkit.tiny_sam_job.segment_with_prompts``
 and ``samkit.segmap.segmentation_map``), so the remote nodes work against it unchanged:
 
 * submit ``POST /{owner}/{app}[/{path}]``, status ``GET /{owner}/{app}/requests/{id}/status``,

@@ -32,7 +32,7 @@ from comfyui_sam_kit.samkit.fal.handlers import segmentation_map_handler, tiny_s
 from comfyui_sam_kit.samkit.fal.hosting import BackgroundServer
 from comfyui_sam_kit.samkit.fal.jobs import ServerSettings
 from comfyui_sam_kit.samkit.fal.server import FalServer
-from comfyui_sam_kit.samkit.models import LoadedModel
+from comfyui_sam_kit.samkit.loaded_model import LoadedModel
 from testsupport.checkpoints import build_small_sam
 
 SERVER_KEY = "test-id:test-secret-0123456789"

@@ -44,7 +44,7 @@ import torch
 from . import outputs, runtime
 from .compact import CompactMasks
 from .images import as_image_batch, to_uint8_rgb
-from .models import LoadedModel
+from .loaded_model import LoadedModel
 from .overlay import paint_labels
 from .painting import order_by_area
 from .prompts import ImagePrompts, parse_prompts
