@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import runtime
+from . import precision, runtime
 from .automask import AutoMaskSettings, generate_segments
 from .images import as_image_batch, to_uint8_rgb
 from .models import LoadedModel
@@ -49,7 +49,8 @@ def segmentation_map(
     maps, all_segments, coverage, counts = [], [], [], []
     for i in range(b):
         runtime.check_interrupt()
-        masks = _segments_of(model, to_uint8_rgb(batch[i]), settings)
+        with precision.for_model(model):  # model work only: painting below stays exact fp32
+            masks = _segments_of(model, to_uint8_rgb(batch[i]), settings)
         masks = masks[area_order(masks)]
         counts.append(int(masks.shape[0]))
         maps.append(paint_segments(masks, seed).to(out))

@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from . import runtime
+from . import precision, runtime
 from .images import as_image_batch, to_uint8_rgb
 from .models import LoadedModel
 from .overlay import paint_objects
@@ -132,7 +132,8 @@ def segment_with_prompts(model: LoadedModel, image: torch.Tensor, request: TinyS
     try:
         for i in range(b):
             runtime.check_interrupt()
-            masks, scores = _objects(model, to_uint8_rgb(batch[i]), per_image[i], request)
+            with precision.for_model(model):  # model work only: the outputs below stay exact fp32
+                masks, scores = _objects(model, to_uint8_rgb(batch[i]), per_image[i], request)
             counts.append(int(masks.shape[0]))
             boxes.append(mask_boxes(masks, scores))
             images.append(paint_objects(batch[i].to(masks.device), masks).to(out))
