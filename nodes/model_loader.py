@@ -28,7 +28,8 @@ class SamKitModelLoader:
                 "device": (["auto", "gpu", "cpu"], {
                     "default": "auto", "tooltip": "auto: ComfyUI's device (the GPU if there is one). cpu: keep VRAM free."}),
                 "precision": (["auto", "fp32", "fp16", "bf16"], {
-                    "default": "auto", "tooltip": "auto: fp32 on CPU, bf16/fp16 on GPU. Half precision halves memory."}),
+                    "default": "auto", "tooltip": "auto: fp32 on CPU, bf16/fp16 on GPU. Half precision halves memory. "
+                                                  "fp16 needs a GPU. FastSAM has no bf16: it runs fp16 on a GPU, fp32 on the CPU."}),
             }
         }
 

@@ -24,11 +24,11 @@ from typing import Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torchvision.ops.boxes import batched_nms, box_area
 
 from . import runtime
 from .compact import CompactMasks
+from .precision import fp32_island
 from .point_decoder import (
     decode_chunk_size,
     decode_point_tokens,
@@ -145,8 +145,12 @@ class FilterCounts:
 
 
 def _upsample(sam: Sam, low_res: torch.Tensor, input_size: tuple, original_size: tuple) -> torch.Tensor:
-    """Low-res logits ``[n,h,w]`` → logits at ``original_size``, exactly as ``Sam.postprocess_masks``."""
-    return sam.postprocess_masks(low_res[:, None].float(), input_size, original_size)[:, 0]
+    """Low-res logits ``[n,h,w]`` → fp32 logits at ``original_size``, exactly as ``Sam.postprocess_masks``.
+
+    fp32 whatever the model's dtype: stability scores and thresholds are read off them (precision.py).
+    """
+    with fp32_island(low_res.device):
+        return sam.postprocess_masks(low_res[:, None].float(), input_size, original_size)[:, 0]
 
 
 def _stability_score(logits: torch.Tensor, threshold: float, offset: float) -> torch.Tensor:
@@ -231,7 +235,8 @@ def _process_crop(
     for start in range(0, len(points_for_image), settings.points_per_batch):
         runtime.check_interrupt()
         points = points_for_image[start : start + settings.points_per_batch]
-        coords = torch.as_tensor(transform.apply_coords(points, crop_size), device=device)
+        # float32 made on the host: no float64 tensor on the device (MPS has none; precision.py)
+        coords = torch.as_tensor(transform.apply_coords(points, crop_size), dtype=torch.float32, device=device)
         labels = torch.ones(coords.shape[0], dtype=torch.int, device=device)
         sparse, _ = sam.prompt_encoder(points=(coords[:, None, :], labels[:, None]), boxes=None, masks=None)
         sparse = sparse.to(dtype)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .loaded_model import LoadedModel
+from .precision import fastsam_half_kwargs
 from .prompts import ImagePrompts
 from .results import Masks
 from .tiny_sam_params import CONFIDENCE, IOU, SIZE
@@ -37,9 +38,7 @@ def predict_everything(model: LoadedModel, image: np.ndarray, size: int = SIZE.d
     h, w = image.shape[:2]
     bgr = np.ascontiguousarray(image[..., ::-1])  # ultralytics reads numpy images as OpenCV BGR
     kwargs = dict(imgsz=int(size), conf=float(confidence), iou=float(iou), retina_masks=True,
-                  device=str(model.device), verbose=False)
-    if model.dtype == torch.float16:
-        kwargs["half"] = True
+                  device=str(model.device), verbose=False, **fastsam_half_kwargs(model.dtype))
     result = model.runner.predict(bgr, **kwargs)[0]
     if result.masks is None or len(result) == 0:
         device = result.boxes.data.device if result.boxes is not None else torch.device("cpu")
@@ -50,6 +49,11 @@ def predict_everything(model: LoadedModel, image: np.ndarray, size: int = SIZE.d
 
         masks = (scale_masks(masks[None].float(), (h, w))[0] > 0.5).byte()
     return Masks(masks, result.boxes.conf.float())
+
+
+def _truncated(rows) -> list[list[int]]:
+    """Coordinates truncated toward zero, as ultralytics' float-to-int tensor conversion does."""
+    return [[int(v) for v in row] for row in rows]
 
 
 def select(masks: torch.Tensor, prompts: ImagePrompts) -> tuple[torch.Tensor, list[int]]:
@@ -66,8 +70,9 @@ def select(masks: torch.Tensor, prompts: ImagePrompts) -> tuple[torch.Tensor, li
     if n == 0:
         return chosen, by_box
     if prompts.boxes:
-        # ultralytics: int32 conversion (truncation), then clip to [0, w] × [0, h]
-        boxes = torch.as_tensor(prompts.boxes, dtype=torch.float64, device=device).to(torch.int32)
+        # ultralytics: int32 conversion (truncation toward zero), then clip to [0, w] × [0, h]. The
+        # truncation happens here in Python: no float64 tensor on the device (MPS has none)
+        boxes = torch.as_tensor(_truncated(prompts.boxes), dtype=torch.int32, device=device)
         boxes[:, 0].clamp_(0, w)
         boxes[:, 1].clamp_(0, h)
         boxes[:, 2].clamp_(0, w)
@@ -82,7 +87,7 @@ def select(masks: torch.Tensor, prompts: ImagePrompts) -> tuple[torch.Tensor, li
             if i not in by_box:
                 by_box.append(i)
     if prompts.points:
-        coords = torch.as_tensor(prompts.points, dtype=torch.float64, device=device).to(torch.int64)
+        coords = torch.as_tensor(_truncated(prompts.points), dtype=torch.int64, device=device)
         coords[:, 0].clamp_(0, w - 1)
         coords[:, 1].clamp_(0, h - 1)
         labels = torch.as_tensor(prompts.labels, dtype=torch.int32, device=device)

@@ -27,6 +27,7 @@ from . import model_files, model_source, runtime
 from .model_errors import DamagedCheckpoint, ModelFileError, UnsupportedCheckpoint  # noqa: F401  (the loader's errors)
 from .loaded_model import FASTSAM_FAMILY, SAM_FAMILY, LoadedModel
 from .sam_config import SamConfig, build_sam, detect_sam_config  # noqa: F401  (SamConfig: still loader.SamConfig)
+from .precision import fastsam_dtype, prepare_sam, resolve_dtype
 
 log = logging.getLogger("comfyui-sam-kit")
 
@@ -92,12 +93,17 @@ def load_model(name_or_path: str | Path, device: str = "auto", precision: str = 
 
     Raises ``FileNotFoundError`` (saying where it looked), ``download.DownloadError``, or a
     ``model_errors.ModelFileError`` (``DamagedCheckpoint`` / ``UnsupportedCheckpoint``) naming
-    the file and what to do.
+    the file and what to do. ``precision`` (auto / fp32 / fp16 / bf16) is resolved by
+    ``precision.py``; ``ValueError`` for fp16 on the CPU names what to choose instead.
     """
     global load_count
     path = model_source.resolve_model_path(str(name_or_path), folders_only=folders_only)
     torch_device = runtime.resolve_device(device)
-    dtype = runtime.resolve_dtype(precision, torch_device)
+    dtype = resolve_dtype(precision, torch_device)
+    is_fastsam = _is_ultralytics_checkpoint(path)
+    requested = dtype
+    if is_fastsam:  # ultralytics runs fp32 or fp16 (its `half` flag): the cache is keyed by what runs
+        dtype = fastsam_dtype(dtype, torch_device)
     key = cache_key(path, torch_device, dtype)
     with _cache_lock:
         cached = _cache.get(key)
@@ -109,16 +115,17 @@ def load_model(name_or_path: str | Path, device: str = "auto", precision: str = 
         return cached
 
     log.info("SAM Kit: loading %s (%s, %s)", path.name, torch_device, dtype)
-    if _is_ultralytics_checkpoint(path):
+    if dtype != requested:
+        log.info("SAM Kit: FastSAM runs %s on %s: ultralytics has fp32 and fp16 only (%s was asked for)",
+                 dtype, torch_device, requested)
+    if is_fastsam:
         runner = _load_fastsam(path)
-        module = runner.model
+        module = runner.model  # the weights stay fp32 in memory; ultralytics halves them when it runs
         family, arch = FASTSAM_FAMILY, "fastsam"
-        # ultralytics runs fp32 or fp16 (its `half` flag); the weights stay fp32 in memory
-        dtype = torch.float32 if dtype == torch.float32 or torch_device.type == "cpu" else torch.float16
     else:
         state = _read_state_dict(path)
         sam, arch = _load_sam(path, state)
-        module = runner = sam.to(dtype).eval()
+        module = runner = prepare_sam(sam, dtype).eval()
         family = SAM_FAMILY
     load_count += 1
     loaded = LoadedModel(path.name, str(path), family, arch, module, runner, torch_device, dtype, key)

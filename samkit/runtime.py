@@ -187,21 +187,7 @@ def available_memory(device: torch.device, needed: int = 0) -> Optional[int]:
 
 
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """Map a precision choice to a dtype that works on the device.
+    """Moved to ``precision.resolve_dtype`` (the precision policy); kept for callers of the old name."""
+    from .precision import resolve_dtype as resolve
 
-    'auto' is fp32 on CPU (half precision is slower there and some ops lack kernels),
-    bf16 on GPUs that support it and fp16 on other GPUs.
-    """
-    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    if precision in table:
-        dtype = table[precision]
-        if device.type == "cpu" and dtype == torch.float16:
-            raise ValueError("fp16 is not supported on the CPU; choose 'auto', 'fp32' or 'bf16'.")
-        return dtype
-    if precision != "auto":
-        raise ValueError(f"precision must be auto, fp32, fp16 or bf16, not {precision!r}")
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "mps":
-        return torch.float16
-    return torch.float32
+    return resolve(precision, device)

@@ -26,7 +26,6 @@ Each object's score is SAM's predicted mask quality (IoU estimate); objects scor
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +40,7 @@ from .point_decoder import (
     share_image,
     upsample_chunk_size,
 )
+from .precision import fp32_island
 from .prompts import ImagePrompts
 from .results import Masks
 from .sam_transforms import sam_resize
@@ -75,24 +75,19 @@ def plan_objects(prompts: ImagePrompts) -> list[ObjectPrompt]:
     return objects
 
 
-def autocast_for(device: torch.device, dtype: torch.dtype):
-    """Mixed precision for half-precision models (SAM's prompt encoder mixes fp32 coordinates in)."""
-    if dtype == torch.float32 or device.type not in ("cuda", "cpu", "mps", "xpu"):
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 @torch.inference_mode()
 def encode_image(sam, image: np.ndarray, device: torch.device, dtype: torch.dtype) -> ImageEmbedding:
-    """Encode one RGB uint8 ``[H,W,3]`` image exactly as ``SamPredictor.set_image`` does."""
+    """Encode one RGB uint8 ``[H,W,3]`` image exactly as ``SamPredictor.set_image`` does.
+
+    Runs in the caller's precision policy (``precision.for_model``, entered by the job).
+    """
     transform = sam_resize(sam)  # ResizeLongestSide without 0-pixel sides (thin strips)
     resized = transform.apply_image(image)
     pixels = torch.as_tensor(resized, device=device).permute(2, 0, 1).contiguous()[None]
     input_size = tuple(pixels.shape[-2:])
     # normalise in fp32 (as the reference does), then hand the encoder its own dtype
     normalised = sam.preprocess(pixels.float()).to(dtype)
-    with autocast_for(device, dtype):
-        features = sam.image_encoder(normalised)
+    features = sam.image_encoder(normalised)
     return ImageEmbedding(features, input_size, tuple(image.shape[:2]))
 
 
@@ -110,15 +105,19 @@ def _upsampled(sam, low_res: torch.Tensor, input_size: tuple, original_size: tup
     h, w = original_size
     out = torch.empty((low_res.shape[0], h, w), dtype=torch.bool, device=low_res.device)
     step = upsample_chunk_size(sam, low_res.device, h, w)
-    for c in range(0, low_res.shape[0], step):
-        logits = sam.postprocess_masks(low_res[c : c + step, None].float(), input_size, original_size)
-        out[c : c + step] = logits[:, 0] > sam.mask_threshold
+    with fp32_island(low_res.device):  # logits near the threshold: fp32 (precision.py)
+        for c in range(0, low_res.shape[0], step):
+            logits = sam.postprocess_masks(low_res[c : c + step, None].float(), input_size, original_size)
+            out[c : c + step] = logits[:, 0] > sam.mask_threshold
     return out
 
 
 @torch.inference_mode()
-def decode_objects(sam, embedding: ImageEmbedding, objects: list[ObjectPrompt], dtype: torch.dtype = torch.float32) -> Masks:
-    """One mask per object; objects of one layout share a decoder call. Order = ``objects`` order."""
+def decode_objects(sam, embedding: ImageEmbedding, objects: list[ObjectPrompt]) -> Masks:
+    """One mask per object; objects of one layout share a decoder call. Order = ``objects`` order.
+
+    Runs in the caller's precision policy (``precision.for_model``, entered by the job).
+    """
     features = embedding.features
     device = features.device
     h, w = embedding.original_size
@@ -143,17 +142,15 @@ def decode_objects(sam, embedding: ImageEmbedding, objects: list[ObjectPrompt], 
             boxes = transform.apply_boxes(np.array([objects[i].box for i in members], dtype=np.float64), embedding.original_size)
             box_arg = torch.as_tensor(boxes, dtype=torch.float, device=device)
         step = decode_chunk_size(sam, features)  # many objects: decode them a few at a time
-        with autocast_for(device, dtype):
-            sparse, _ = sam.prompt_encoder(points=point_arg, boxes=box_arg, masks=None)
-            sparse = sparse.to(features.dtype)
-            shared = share_image(sam, features) if len(members) > step else None
+        sparse, _ = sam.prompt_encoder(points=point_arg, boxes=box_arg, masks=None)
+        sparse = sparse.to(features.dtype)
+        shared = share_image(sam, features) if len(members) > step else None
         for start in range(0, len(members), step):
-            with autocast_for(device, dtype):
-                tokens = decode_point_tokens(sam, features, sparse[start : start + step], multimask, shared)
-                quality = tokens.iou_pred.float()
-                rows = torch.arange(quality.shape[0], device=device)
-                best = quality.argmax(dim=1) if multimask else torch.zeros_like(rows)
-                low_res = masks_for(sam, tokens, rows, best)  # only the chosen output of each object
+            tokens = decode_point_tokens(sam, features, sparse[start : start + step], multimask, shared)
+            quality = tokens.iou_pred.float()
+            rows = torch.arange(quality.shape[0], device=device)
+            best = quality.argmax(dim=1) if multimask else torch.zeros_like(rows)
+            low_res = masks_for(sam, tokens, rows, best)  # only the chosen output of each object
             index = torch.as_tensor(members[start : start + step], device=device)
             masks[index] = _upsampled(sam, low_res, embedding.input_size, embedding.original_size)
             scores[index] = quality[rows, best]
@@ -163,8 +160,7 @@ def decode_objects(sam, embedding: ImageEmbedding, objects: list[ObjectPrompt], 
 def _everything(model: LoadedModel, image: np.ndarray) -> Masks:
     from .automask import AutoMaskSettings, generate_segments
 
-    with autocast_for(model.device, model.dtype):
-        segments = generate_segments(model.runner, image, AutoMaskSettings())
+    segments = generate_segments(model.runner, image, AutoMaskSettings())
     return Masks(segments.compact, segments.predicted_iou.float())
 
 
@@ -179,5 +175,5 @@ def segment_prompted(model: LoadedModel, image: np.ndarray, prompts: ImagePrompt
         return found
     objects = plan_objects(prompts)
     embedding = embed_image(model, image, cache)
-    found = decode_objects(model.runner, embedding, objects, model.dtype)
+    found = decode_objects(model.runner, embedding, objects)
     return found.keep(found.scores >= confidence)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import outputs, runtime
+from . import outputs, precision, runtime
 from .automask import AutoMaskSettings, generate_segments
 from .compact import CompactMasks
 from .images import as_image_batch, to_uint8_rgb
@@ -104,7 +104,8 @@ def segmentation_map(
     stores: list[CompactMasks] = []
     for i in range(b):
         runtime.check_interrupt()
-        found = _segments_of(model, to_uint8_rgb(batch[i]), settings)
+        with precision.for_model(model):  # model work only: painting below stays exact fp32
+            found = _segments_of(model, to_uint8_rgb(batch[i]), settings)
         stores.append(found[order_by_area(found.areas)])
         del found
         if i + 1 < b:  # fail as soon as the images so far are too many

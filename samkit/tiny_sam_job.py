@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from . import outputs, runtime
+from . import outputs, precision, runtime
 from .compact import CompactMasks
 from .images import as_image_batch, to_uint8_rgb
 from .loaded_model import LoadedModel
@@ -148,7 +148,8 @@ def segment_with_prompts(model: LoadedModel, image: torch.Tensor, request: TinyS
     try:
         for i in range(b):
             runtime.check_interrupt()
-            found.append(_objects(model, to_uint8_rgb(batch[i]), per_image[i], request))
+            with precision.for_model(model):  # model work only: the outputs below stay exact fp32
+                found.append(_objects(model, to_uint8_rgb(batch[i]), per_image[i], request))
             _OUTPUTS.ensure_fits([len(m) for m, _ in found], b - i - 1, h, w, out, remedies)
             bar.update(1)
     finally:
