@@ -122,7 +122,7 @@ def fit_encoder_neck(sam, image: np.ndarray, seed: int = 0) -> float:
     the embedding approximates random Fourier features of each cell's mean colour and of its
     position; the 3×3 convolution becomes the identity. Returns the fit's R².
     """
-    from samkit.automask import encode_image
+    from samkit.sam_transforms import encode_image
     from segment_anything.utils.transforms import ResizeLongestSide
 
     neck = sam.image_encoder.neck
@@ -166,7 +166,7 @@ def fit_encoder_neck(sam, image: np.ndarray, seed: int = 0) -> float:
 def calibrate_sam_decoder(sam, scene: Scene, n_points: int = 96, seed: int = 0, amplitude: float = 8.0,
                           iou_pass_fraction: float = 0.4, stable_fraction: float = 0.5, log=print) -> dict:
     """Fit the decoder's output layers to ``scene`` (see the module docstring). Edits ``sam`` in place."""
-    from samkit.automask import encode_image
+    from samkit.sam_transforms import encode_image
     from segment_anything.utils.transforms import ResizeLongestSide
 
     dec = sam.mask_decoder
@@ -175,7 +175,8 @@ def calibrate_sam_decoder(sam, scene: Scene, n_points: int = 96, seed: int = 0, 
             m.weight.copy_(m.weight.mean(dim=(2, 3), keepdim=True).expand_as(m.weight))
 
     t0 = time.perf_counter()
-    features, input_size = encode_image(sam, scene.image)
+    embedded = encode_image(sam, scene.image)
+    features, input_size = embedded.features, embedded.input_size
     encoder_size = sam.image_encoder.img_size
     pe = sam.prompt_encoder.get_dense_pe()
     transform = ResizeLongestSide(encoder_size)

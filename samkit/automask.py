@@ -19,7 +19,7 @@ reference's, so a checkpoint gives the same segments. What changes is where the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -27,6 +27,7 @@ import torch
 from torchvision.ops.boxes import batched_nms, box_area
 
 from . import runtime
+from .automask_settings import AutoMaskSettings  # noqa: F401  (the settings' home; imported from here too)
 from .compact import CompactMasks
 from .precision import fp32_island
 from .point_decoder import (
@@ -36,7 +37,7 @@ from .point_decoder import (
     share_image,
     upsample_chunk_size,
 )
-from .sam_transforms import sam_resize
+from .sam_transforms import encode_image, sam_resize
 
 # Pure helpers from the reference implementation: reusing them keeps the grid, crop boxes and
 # box maths identical to segment-anything's.
@@ -50,44 +51,6 @@ from segment_anything.utils.amg import (
     uncrop_boxes_xyxy,
     uncrop_points,
 )
-
-
-@dataclass(frozen=True)
-class AutoMaskSettings:
-    """segment-anything's everything-mode settings, with its defaults."""
-
-    points_per_side: int = 32
-    points_per_batch: int = 64
-    pred_iou_thresh: float = 0.88
-    stability_score_thresh: float = 0.95
-    stability_score_offset: float = 1.0
-    box_nms_thresh: float = 0.7
-    crop_n_layers: int = 0
-    crop_nms_thresh: float = 0.7
-    crop_overlap_ratio: float = 512 / 1500
-    crop_n_points_downscale_factor: int = 1
-    min_mask_region_area: int = 0
-
-    def validate(self) -> "AutoMaskSettings":
-        checks = [
-            (1 <= self.points_per_side <= 256, "points_per_side must be between 1 and 256"),
-            (self.points_per_batch >= 1, "points_per_batch must be at least 1"),
-            (0.0 <= self.pred_iou_thresh <= 1.0, "pred_iou_thresh must be between 0 and 1"),
-            (0.0 <= self.stability_score_thresh <= 1.0, "stability_score_thresh must be between 0 and 1"),
-            (0.0 <= self.box_nms_thresh <= 1.0, "box_nms_thresh must be between 0 and 1"),
-            (0 <= self.crop_n_layers <= 4, "crop_n_layers must be between 0 and 4"),
-            (0.0 <= self.crop_overlap_ratio < 1.0, "crop_overlap_ratio must be in [0, 1)"),
-            (self.crop_n_points_downscale_factor >= 1, "crop_n_points_downscale_factor must be at least 1"),
-            (self.min_mask_region_area >= 0, "min_mask_region_area must be 0 or more pixels"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-        return self
-
-    def reference_kwargs(self) -> dict:
-        """Keyword arguments for ``SamAutomaticMaskGenerator`` with the same settings."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass
@@ -190,22 +153,6 @@ class _CropResult:
 
 
 @torch.inference_mode()
-def encode_image(sam: Sam, image: np.ndarray) -> tuple[torch.Tensor, tuple]:
-    """Resize (longest side to the encoder's size), normalise, pad and encode one RGB uint8 image.
-
-    Returns the embedding and the resized input size (h, w). Matches ``SamPredictor.set_image``.
-    """
-    device = next(sam.parameters()).device
-    dtype = next(sam.image_encoder.parameters()).dtype
-    transform = sam_resize(sam)  # ResizeLongestSide without 0-pixel sides (thin strips)
-    resized = transform.apply_image(image)
-    tensor = torch.as_tensor(resized, device=device).permute(2, 0, 1).contiguous()[None]
-    input_size = tuple(tensor.shape[-2:])
-    features = sam.image_encoder(sam.preprocess(tensor.float()).to(dtype))
-    return features, input_size
-
-
-@torch.inference_mode()
 def _process_crop(
     sam: Sam,
     image: np.ndarray,
@@ -220,7 +167,8 @@ def _process_crop(
     x0, y0, x1, y1 = crop_box
     crop = np.ascontiguousarray(image[y0:y1, x0:x1, :])
     crop_size = crop.shape[:2]
-    features, input_size = encode_image(sam, crop)
+    embedded = encode_image(sam, crop)
+    features, input_size = embedded.features, embedded.input_size
     device = features.device
     dtype = features.dtype
     transform = sam_resize(sam)  # ResizeLongestSide without 0-pixel sides (thin strips)

@@ -43,7 +43,7 @@ from .point_decoder import (
 from .precision import fp32_island
 from .prompts import ImagePrompts
 from .results import Masks
-from .sam_transforms import sam_resize
+from .sam_transforms import encode_image, sam_resize
 
 
 @dataclass(frozen=True)
@@ -75,29 +75,13 @@ def plan_objects(prompts: ImagePrompts) -> list[ObjectPrompt]:
     return objects
 
 
-@torch.inference_mode()
-def encode_image(sam, image: np.ndarray, device: torch.device, dtype: torch.dtype) -> ImageEmbedding:
-    """Encode one RGB uint8 ``[H,W,3]`` image exactly as ``SamPredictor.set_image`` does.
-
-    Runs in the caller's precision policy (``precision.for_model``, entered by the job).
-    """
-    transform = sam_resize(sam)  # ResizeLongestSide without 0-pixel sides (thin strips)
-    resized = transform.apply_image(image)
-    pixels = torch.as_tensor(resized, device=device).permute(2, 0, 1).contiguous()[None]
-    input_size = tuple(pixels.shape[-2:])
-    # normalise in fp32 (as the reference does), then hand the encoder its own dtype
-    normalised = sam.preprocess(pixels.float()).to(dtype)
-    features = sam.image_encoder(normalised)
-    return ImageEmbedding(features, input_size, tuple(image.shape[:2]))
-
-
 def embed_image(model: LoadedModel, image: np.ndarray, cache: EmbeddingCache | None = None) -> ImageEmbedding:
     """The image's embedding, from the cache when this model already encoded these pixels."""
     cache = embeddings if cache is None else cache
     sam = model.runner
     device, dtype = model.device, model.dtype
     key = (model_token(model), int(sam.image_encoder.img_size), str(dtype), device.type, image_digest(image))
-    return cache.get_or_compute(key, lambda: encode_image(sam, image, device, dtype), device)
+    return cache.get_or_compute(key, lambda: encode_image(sam, image), device)
 
 
 def _upsampled(sam, low_res: torch.Tensor, input_size: tuple, original_size: tuple) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""SAM's input resize for images of any size, 1x1 included.
+"""SAM's image input: the resize for images of any size (1x1 included), and the one ``encode_image``.
 
 segment-anything's ``ResizeLongestSide`` scales the longest side to the encoder's size (1024 for
 SAM, 256 for small test models) and rounds the other side, which becomes 0 for strips thinner
@@ -17,7 +17,11 @@ transform with every side at least 1 pixel:
 
 from __future__ import annotations
 
+import numpy as np
+import torch
 from segment_anything.utils.transforms import ResizeLongestSide
+
+from .embedding_cache import ImageEmbedding
 
 
 class SamResize(ResizeLongestSide):
@@ -32,3 +36,21 @@ class SamResize(ResizeLongestSide):
 def sam_resize(sam) -> SamResize:
     """The resize transform for ``sam``'s encoder (``sam.image_encoder.img_size`` on the long side)."""
     return SamResize(sam.image_encoder.img_size)
+
+
+@torch.inference_mode()
+def encode_image(sam, image: np.ndarray) -> ImageEmbedding:
+    """Encode one RGB uint8 ``[H,W,3]`` image exactly as ``SamPredictor.set_image`` does.
+
+    Resizes the longest side to the encoder's size (:class:`SamResize`), normalises in fp32 as the
+    reference does, then hands the encoder its own dtype, on the model's device. Runs in the
+    caller's precision policy (``precision.for_model``, entered by the job). Every path that
+    encodes an image (everything mode per crop, prompts via the embedding cache) comes here.
+    """
+    device = next(sam.parameters()).device
+    dtype = next(sam.image_encoder.parameters()).dtype
+    resized = sam_resize(sam).apply_image(image)
+    pixels = torch.as_tensor(resized, device=device).permute(2, 0, 1).contiguous()[None]
+    input_size = tuple(pixels.shape[-2:])
+    features = sam.image_encoder(sam.preprocess(pixels.float()).to(dtype))
+    return ImageEmbedding(features, input_size, tuple(image.shape[:2]))

@@ -18,7 +18,8 @@ import torch
 from PIL import Image
 
 from comfyui_sam_kit.samkit import loader, precision, runtime
-from comfyui_sam_kit.samkit.automask import AutoMaskSettings, encode_image
+from comfyui_sam_kit.samkit.automask import AutoMaskSettings
+from comfyui_sam_kit.samkit.sam_transforms import encode_image
 from comfyui_sam_kit.samkit.point_decoder import decode_point_tokens
 from comfyui_sam_kit.samkit.segmap import segmentation_map
 from comfyui_sam_kit.samkit.tiny_sam_job import TinySamRequest, segment_with_prompts
@@ -111,7 +112,7 @@ def test_predicted_iou_comes_out_fp32_without_bf16_ties(bf16):
     sam = bf16.runner
     xy = torch.stack(torch.meshgrid(torch.arange(8, 256, 16), torch.arange(8, 256, 16), indexing="xy"), -1).reshape(-1, 1, 2)
     with precision.for_model(bf16), torch.inference_mode():
-        features, _ = encode_image(sam, scene.image)
+        features = encode_image(sam, scene.image).features
         sparse, _ = sam.prompt_encoder(points=(xy.float(), torch.ones(len(xy), 1, dtype=torch.int)), boxes=None, masks=None)
         iou = decode_point_tokens(sam, features, sparse.to(features.dtype)).iou_pred
     assert iou.dtype == torch.float32
@@ -151,7 +152,7 @@ def test_bf16_seg_map_and_tiny_sam_run_through_the_nodes_like_fp32(fp32, bf16):
 def test_the_servers_jobs_run_a_bf16_model_as_the_library_does(bf16, monkeypatch):
     # the server runs jobs on worker threads; autocast is per thread, so the job enters the policy there
     from comfyui_sam_kit.samkit.fal import remote, schemas
-    from comfyui_sam_kit.samkit.fal.server import segmentation_map_handler, tiny_sam_handler
+    from comfyui_sam_kit.samkit.fal.handlers import segmentation_map_handler, tiny_sam_handler
     from testsupport.fal_server import SERVER_KEY, serve
 
     scene = heldout_scene(20, 256, 256)
