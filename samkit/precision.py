@@ -2,7 +2,7 @@
 
 A precision choice (``auto`` / ``fp32`` / ``fp16`` / ``bf16``) becomes a dtype at load
 (:func:`resolve_dtype`, :func:`prepare_sam`). Every job that runs a model (``segmap`` and
-``tinysam``, which the nodes, the self-hosted server's jobs and the CLI all call) enters
+``tiny_sam_job``, which the nodes, the self-hosted server's jobs and the CLI all call) enters
 :func:`for_model` around its model work, per image, in the thread that runs the model (autocast
 is per thread, and the server runs jobs on worker threads); painting and the outputs are made
 outside it, in fp32. Nothing else in the pack sets up autocast.
