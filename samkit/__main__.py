@@ -45,10 +45,20 @@ def _inputs(paths: list[str]) -> list[Path]:
         elif path.is_file():
             files.append(path)
         else:
-            raise SystemExit(f"error: {name} is not an image file or folder")
+            raise ValueError(f"{name} is not an image file or folder")
     if not files:
-        raise SystemExit("error: no images to process")
+        raise ValueError(f"no images to process in {', '.join(paths)} (.png, .jpg, .webp, .bmp or .tif files)")
     return files
+
+
+def _out_dir(name: str) -> Path:
+    """The output folder, created now: a bad --out fails before any model work, not after it."""
+    out = Path(name)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"--out {name}: cannot create the output folder ({exc.strerror or exc})") from None
+    return out
 
 
 def _load(args):
@@ -75,7 +85,7 @@ def cmd_segmap(args) -> int:
     from .images import load_image_file
     from .segmap import segmentation_map
 
-    model = _load(args)
+    files, out = _inputs(args.images), _out_dir(args.out)  # bad arguments fail before a model loads
     settings = AutoMaskSettings(
         points_per_side=args.points_per_side,
         points_per_batch=args.points_per_batch,
@@ -83,9 +93,9 @@ def cmd_segmap(args) -> int:
         stability_score_thresh=args.stability_score_thresh,
         min_mask_region_area=args.min_mask_region_area,
         crop_n_layers=args.crop_n_layers,
-    )
-    out = Path(args.out)
-    for path in _inputs(args.images):
+    ).validate()
+    model = _load(args)
+    for path in files:
         result = segmentation_map(model, load_image_file(path), settings, args.seed,
                                   max_segments=args.max_segments, segment_masks=args.masks)
         _save(result.seg_map[0], out / f"{path.stem}_segmap.png")
@@ -101,7 +111,7 @@ def cmd_tinysam(args) -> int:
     from .images import load_image_file
     from .tiny_sam_job import TinySamRequest, segment_with_prompts
 
-    model = _load(args)
+    files, out = _inputs(args.images), _out_dir(args.out)  # bad arguments fail before a model loads
     request = TinySamRequest(
         size=args.size,
         confidence=args.confidence,
@@ -109,9 +119,9 @@ def cmd_tinysam(args) -> int:
         box_prompt=args.box_prompt,
         point_prompt=args.point_prompt,
         point_label=args.point_label,
-    )
-    out = Path(args.out)
-    for path in _inputs(args.images):
+    ).validate()
+    model = _load(args)
+    for path in files:
         result = segment_with_prompts(model, load_image_file(path), request)
         _save(result.image[0], out / f"{path.stem}_tinysam.png")
         _save_mask(result.mask[0], out / f"{path.stem}_mask.png")

@@ -23,6 +23,9 @@ class AutoMaskSettings:
     min_mask_region_area: int = 0
 
     def validate(self) -> "AutoMaskSettings":
+        for f in fields(self):
+            if isinstance(getattr(self, f.name), bool):
+                raise ValueError(f"{f.name} must be a number, not {getattr(self, f.name)!r}")
         checks = [
             (1 <= self.points_per_side <= 256, "points_per_side must be between 1 and 256"),
             (self.points_per_batch >= 1, "points_per_batch must be at least 1"),

@@ -11,6 +11,7 @@ by :func:`png_bytes`, and every image file or upload it reads is decoded here (:
 from __future__ import annotations
 
 import io
+import math
 import struct
 from pathlib import Path
 from typing import Optional
@@ -22,11 +23,21 @@ from PIL import Image, ImageOps
 from .sniff import describe_head, read_head
 
 
+#: how far past 0..1 an IMAGE may ring (resampler overshoot) before it is refused, not clamped
+OVERSHOOT = 0.5
+
+
 def as_image_batch(image: torch.Tensor, name: str = "image") -> torch.Tensor:
     """Return ``image`` as ``[B,H,W,3]`` float32 on its device.
 
-    Accepts ``[H,W,C]`` and ``[B,H,W,C]`` with C in {1, 3, 4}. Alpha is dropped (the pixels'
-    colour is what SAM sees; ComfyUI's LoadImage gives alpha as a separate MASK anyway).
+    Accepts ``[H,W,C]`` and ``[B,H,W,C]`` with C in {1, 2, 3, 4} (grey, grey + alpha, RGB,
+    RGBA). Alpha is dropped (the pixels' colour is what SAM sees; ComfyUI's LoadImage gives alpha
+    as a separate MASK anyway).
+
+    Values are ComfyUI's 0..1 floats. Small overshoots (resamplers ring a little past 0 and 1) are
+    clamped later, as ComfyUI's own SaveImage does; an integer tensor, NaN/inf, or values far
+    outside 0..1 (an image still in 0..255) raise ``ValueError`` instead of being segmented as a
+    black or white frame.
     """
     if not isinstance(image, torch.Tensor):
         raise TypeError(f"{name} must be an IMAGE tensor, got {type(image).__name__}")
@@ -44,8 +55,19 @@ def as_image_batch(image: torch.Tensor, name: str = "image") -> torch.Tensor:
     elif c == 2:  # grey + alpha
         image = image[..., :1].expand(b, h, w, 3)
     elif c != 3:
-        raise ValueError(f"{name} has {c} channels; expected 1, 3 or 4 (is it a MASK or a latent?)")
-    return image.float()
+        raise ValueError(f"{name} has {c} channels; expected 1 to 4 (is it a MASK or a latent?)")
+    if not (image.is_floating_point() or image.dtype == torch.bool):
+        raise ValueError(f"{name} is a {str(image.dtype).replace('torch.', '')} tensor; an IMAGE holds floats "
+                         "from 0 to 1 (divide 8-bit values by 255)")
+    image = image.float()
+    low, high = torch.aminmax(image)
+    low, high = float(low), float(high)
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError(f"{name} has NaN or infinite pixel values; check the node that made it")
+    if low < -OVERSHOOT or high > 1.0 + OVERSHOOT:
+        hint = " (it looks like 0..255: divide by 255)" if high > 2.0 else ""
+        raise ValueError(f"{name} has pixel values from {low:.3g} to {high:.3g}; an IMAGE holds values from 0 to 1{hint}")
+    return image
 
 
 def as_mask_batch(mask: torch.Tensor, name: str = "mask") -> torch.Tensor:

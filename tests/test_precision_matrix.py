@@ -56,6 +56,6 @@ def test_fastsam_asked_for_bf16_on_the_cpu_runs_fp32_and_gives_the_fp32_outputs(
 
 @pytest.mark.parametrize("family", matrix.FAMILIES)
 def test_fp16_on_the_cpu_is_refused_by_the_loader_node_naming_what_to_choose(tinyvit_path, family):
-    path = {"sam": matrix.TRAINED_SAM_PATH, "tinyvit": tinyvit_path, "fastsam": matrix.TRAINED_FASTSAM_PATH}[family]
-    with pytest.raises(ValueError, match=r"fp16 is not supported on the CPU; choose 'auto', 'fp32' or 'bf16'"):
-        SamKitModelLoader().load(str(path), "cpu", "fp16")
+    with matrix.in_model_folder(matrix.family_path(family, tinyvit_path)) as name, \
+            pytest.raises(ValueError, match=r"fp16 is not supported on the CPU; choose 'auto', 'fp32' or 'bf16'"):
+        SamKitModelLoader().load(name, "cpu", "fp16")

@@ -35,6 +35,7 @@ if __name__ == "__main__":  # measurement mode: the package alias and helpers, a
     import conftest  # noqa: F401
 
 from comfyui_sam_kit.nodes.model_loader import SamKitModelLoader
+from comfyui_sam_kit.samkit import model_folders
 from comfyui_sam_kit.nodes.seg_map import SamKitSegmentationMap
 from comfyui_sam_kit.nodes.segment_picker import SamKitSegmentPicker
 from comfyui_sam_kit.nodes.tiny_sam import SamKitTinySAM
@@ -182,9 +183,25 @@ def small_tinyvit_checkpoint(path: Path, seed: int = 0) -> Path:
     return save_sam_checkpoint(sam, path)
 
 
+@contextlib.contextmanager
+def in_model_folder(path: Path):
+    """The loader node takes names in the model folders only (as in ComfyUI): for the duration,
+    the checkpoint's own folder is the model folder, and this yields the name to choose."""
+    previous = model_folders._folder_provider
+    model_folders.set_folder_provider(lambda: [Path(path).parent])
+    try:
+        yield Path(path).name
+    finally:
+        model_folders.set_folder_provider(previous)
+
+
+def family_path(family: str, tinyvit_path: Path) -> Path:
+    return {"sam": TRAINED_SAM_PATH, "tinyvit": tinyvit_path, "fastsam": TRAINED_FASTSAM_PATH}[family]
+
+
 def load(family: str, precision: str, tinyvit_path: Path):
-    path = {"sam": TRAINED_SAM_PATH, "tinyvit": tinyvit_path, "fastsam": TRAINED_FASTSAM_PATH}[family]
-    (model,) = SamKitModelLoader().load(str(path), "cpu", precision)
+    with in_model_folder(family_path(family, tinyvit_path)) as name:
+        (model,) = SamKitModelLoader().load(name, "cpu", precision)
     return model
 
 
