@@ -116,15 +116,18 @@ def _upsample(sam: Sam, low_res: torch.Tensor, input_size: tuple, original_size:
         return sam.postprocess_masks(low_res[:, None].float(), input_size, original_size)[:, 0]
 
 
-def _nms_boxes(boxes: torch.Tensor) -> torch.Tensor:
-    """Boxes for NMS: the reference's xyxy boxes, except that a box with no area gets one pixel.
+def _nms_boxes(boxes: torch.Tensor, image_size: tuple) -> torch.Tensor:
+    """Boxes for NMS: the reference's xyxy boxes, except on images a pixel thin.
 
     ``batched_mask_to_box`` gives inclusive pixel corners, so a mask one pixel wide or high has a
-    zero-area box, whose IoU with its duplicates is 0/0: the reference keeps every copy (a 1x1
-    image gave one identical segment per grid point). Widening only such boxes leaves every other
-    box, and so every other result, exactly the reference's.
+    zero-area box, whose IoU with its duplicates is 0/0: the reference keeps every copy, and on an
+    image one pixel high or wide (where every mask is such a line) that is one identical segment
+    per grid point (48 on a 1x40 strip). There, zero-area boxes get one pixel. Other images keep
+    the reference's boxes exactly, so their segments stay the reference's (fidelity tests).
     """
     boxes = boxes.float()
+    if min(image_size) > 1:
+        return boxes
     flat = torch.stack([boxes[:, 2] <= boxes[:, 0], boxes[:, 3] <= boxes[:, 1]], dim=1)
     if bool(flat.any()):
         boxes = boxes.clone()
@@ -249,7 +252,7 @@ def _process_crop(
     if merged is None:
         return None
     low_res, boxes, iou_pred, stability, pts = merged
-    keep = batched_nms(_nms_boxes(boxes), iou_pred, torch.zeros_like(iou_pred), iou_threshold=settings.box_nms_thresh)
+    keep = batched_nms(_nms_boxes(boxes, orig_size), iou_pred, torch.zeros_like(iou_pred), iou_threshold=settings.box_nms_thresh)
     crop_t = torch.tensor(crop_box, device=device)
     return {
         "low_res": low_res[keep],
@@ -298,7 +301,7 @@ def _postprocess_small_regions(segments: Segments, min_area: int, nms_thresh: fl
         scores.append(float(not changed))
     boxes = cleaned.boxes.to(device)  # batched_mask_to_box of the cleaned masks
     score_t = torch.as_tensor(scores, device=device)
-    keep = batched_nms(_nms_boxes(boxes), score_t, torch.zeros_like(score_t), iou_threshold=nms_thresh)
+    keep = batched_nms(_nms_boxes(boxes, (store.height, store.width)), score_t, torch.zeros_like(score_t), iou_threshold=nms_thresh)
     # Like the reference: masks that were cleaned take their new pixels and box.
     changed = score_t == 0.0
     final_boxes = torch.where(changed[:, None], boxes, segments.boxes)
@@ -358,7 +361,7 @@ def generate_segments(sam: Sam, image: np.ndarray, settings: Optional[AutoMaskSe
     if len(crop_boxes) > 1:
         # Prefer masks from smaller crops, as the reference does.
         scores = 1 / box_area(crop_xyxy.float())
-        order = batched_nms(_nms_boxes(boxes), scores, torch.zeros_like(scores), iou_threshold=settings.crop_nms_thresh)
+        order = batched_nms(_nms_boxes(boxes, orig_size), scores, torch.zeros_like(scores), iou_threshold=settings.crop_nms_thresh)
     else:
         order = torch.arange(len(iou), device=device)
 
