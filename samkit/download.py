@@ -201,9 +201,6 @@ def _check(part: Path, model: KnownModel, digests: dict) -> None:
     except ModelFileError as exc:  # read_state_dict names the hidden .part file: say what it is instead
         found = f"it {exc.looks}" if exc.looks else str(exc)
         raise _CheckFailed("architecture", f"the catalogue lists {expected}, but {found}") from None
-    except (KeyError, IndexError, ValueError, TypeError, AttributeError, RuntimeError) as exc:  # as loader._load_sam
-        raise _CheckFailed("architecture", f"the catalogue lists {expected}, but it has some Segment Anything keys "
-                                           f"and is not a complete SAM checkpoint ({type(exc).__name__})") from None
     if (family, arch) != (model.family, model.arch):
         found = ("an ultralytics checkpoint (FastSAM or another YOLO)" if family == FASTSAM_FAMILY
                  else _architecture_name(family, arch))

@@ -70,17 +70,6 @@ def as_image_batch(image: torch.Tensor, name: str = "image") -> torch.Tensor:
     return image
 
 
-def as_mask_batch(mask: torch.Tensor, name: str = "mask") -> torch.Tensor:
-    """Return ``mask`` as ``[B,H,W]`` float32."""
-    if mask.ndim == 2:
-        mask = mask.unsqueeze(0)
-    if mask.ndim == 4 and mask.shape[1] == 1:
-        mask = mask[:, 0]
-    if mask.ndim != 3:
-        raise ValueError(f"{name} must be a MASK tensor [batch, height, width], got shape {tuple(mask.shape)}")
-    return mask.float()
-
-
 def to_uint8_rgb(image: torch.Tensor) -> np.ndarray:
     """One ``[H,W,C]`` image (float 0..1, C in {1,3,4}) to an ``[H,W,3]`` uint8 array."""
     batch = as_image_batch(image)

@@ -41,34 +41,18 @@ load_count = 0
 # ---------------------------------------------------------------- reading files
 
 
-def _is_ultralytics_checkpoint(path: Path) -> bool:
-    """Ultralytics pickles whole modules; their pickle names ultralytics' classes."""
-    return model_files.is_ultralytics(path)
-
-
-def _read_state_dict(path: Path) -> dict:
-    return model_files.read_state_dict(path)
-
-
 def _load_sam(path: Path, state: dict):
     try:
         config = detect_sam_config(state, str(path))
-        sam = build_sam(config)
-    except UnsupportedCheckpoint as exc:
-        raise UnsupportedCheckpoint(f"{exc}. {model_files.advice(path, False)}") from None
-    except (KeyError, IndexError, ValueError, TypeError, AttributeError, RuntimeError) as exc:  # a partial SAM
-        raise model_files.unsupported(path, f"has some Segment Anything keys but is not a complete SAM checkpoint "
-                                            f"({type(exc).__name__}: {str(exc)[:200]})") from None
+    except UnsupportedCheckpoint as exc:  # another network, or a partial SAM: say what to do about the file
+        raise UnsupportedCheckpoint(f"{exc}. {model_files.advice(path, False)}", exc.looks) from None
     try:
+        sam = build_sam(config)
         sam.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
+    except (KeyError, IndexError, ValueError, TypeError, AttributeError, RuntimeError) as exc:
         raise model_files.unsupported(path, f"looks like a {config.arch} SAM checkpoint but its tensors do not fit "
                                             f"that architecture ({str(exc).splitlines()[0][:300]})") from None
     return sam, config.arch
-
-
-def _load_fastsam(path: Path):
-    return model_files.load_fastsam(path)
 
 
 # ---------------------------------------------------------------- public API
@@ -100,7 +84,7 @@ def load_model(name_or_path: str | Path, device: str = "auto", precision: str = 
     path = model_source.resolve_model_path(str(name_or_path), folders_only=folders_only)
     torch_device = runtime.resolve_device(device)
     dtype = resolve_dtype(precision, torch_device)
-    is_fastsam = _is_ultralytics_checkpoint(path)
+    is_fastsam = model_files.is_ultralytics(path)
     requested = dtype
     if is_fastsam:  # ultralytics runs fp32 or fp16 (its `half` flag): the cache is keyed by what runs
         dtype = fastsam_dtype(dtype, torch_device)
@@ -119,11 +103,11 @@ def load_model(name_or_path: str | Path, device: str = "auto", precision: str = 
         log.info("SAM Kit: FastSAM runs %s on %s: ultralytics has fp32 and fp16 only (%s was asked for)",
                  dtype, torch_device, requested)
     if is_fastsam:
-        runner = _load_fastsam(path)
+        runner = model_files.load_fastsam(path)
         module = runner.model  # the weights stay fp32 in memory; ultralytics halves them when it runs
         family, arch = FASTSAM_FAMILY, "fastsam"
     else:
-        state = _read_state_dict(path)
+        state = model_files.read_state_dict(path)
         sam, arch = _load_sam(path, state)
         module = runner = prepare_sam(sam, dtype).eval()
         family = SAM_FAMILY

@@ -184,10 +184,3 @@ def available_memory(device: torch.device, needed: int = 0) -> Optional[int]:
     """Bytes that may still be allocated on ``device`` (None: unknown). ``needed``: what the caller wants."""
     value = hooks.available_memory(torch.device(device), int(needed))
     return None if value is None else int(value)
-
-
-def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """Moved to ``precision.resolve_dtype`` (the precision policy); kept for callers of the old name."""
-    from .precision import resolve_dtype as resolve
-
-    return resolve(precision, device)

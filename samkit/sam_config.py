@@ -60,7 +60,8 @@ def detect_sam_config(state: dict, name: str = "this state dict") -> SamConfig:
     """Derive a ``Sam``'s configuration from its state dict's keys and shapes.
 
     Raises :class:`UnsupportedCheckpoint` ("``name`` is a SAM 2 checkpoint", ...) for state
-    dicts of other networks, with the family where the keys show it.
+    dicts of other networks, with the family where the keys show it, and for partial SAM
+    checkpoints (marker keys present, others missing or misshapen).
     """
     if any(k.startswith(("image_encoder.trunk.", "sam_mask_decoder.", "memory_attention.")) for k in state):
         raise UnsupportedCheckpoint(f"{name} is a SAM 2 checkpoint, which SAM Kit cannot run (it runs SAM 1)")
@@ -79,6 +80,19 @@ def detect_sam_config(state: dict, name: str = "this state dict") -> SamConfig:
                "saves, with its architecture" if yolo else "")
         )
 
+    try:
+        return _derive_config(state, name)
+    except UnsupportedCheckpoint:
+        raise
+    except (KeyError, IndexError, ValueError, TypeError, AttributeError, RuntimeError) as exc:
+        # the marker keys are there but others are missing or misshapen: a partial or edited file
+        looks = (f"has some Segment Anything keys but is not a complete SAM checkpoint "
+                 f"({type(exc).__name__}: {str(exc)[:200]})")
+        raise UnsupportedCheckpoint(f"{name} {looks}", looks) from None
+
+
+def _derive_config(state: dict, name: str) -> SamConfig:
+    """The configuration from a state dict that has SAM's marker keys (shapes and key counts)."""
     if "image_encoder.patch_embed.proj.weight" in state:
         proj = state["image_encoder.patch_embed.proj.weight"]
         embed_dim, _, patch, _ = proj.shape

@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from comfyui_sam_kit.samkit import loader, precision, runtime
+from comfyui_sam_kit.samkit import loader, precision
 from comfyui_sam_kit.samkit.automask import AutoMaskSettings
 from comfyui_sam_kit.samkit.sam_transforms import encode_image
 from comfyui_sam_kit.samkit.point_decoder import decode_point_tokens
@@ -65,7 +65,6 @@ def test_choices_map_to_dtypes_and_fp16_on_the_cpu_names_what_to_choose(monkeypa
         precision.resolve_dtype("fp16", cpu)
     with pytest.raises(ValueError, match="precision must be one of auto, fp32, fp16, bf16, not 'half'"):
         precision.resolve_dtype("half", cpu)
-    assert runtime.resolve_dtype("bf16", cpu) == torch.bfloat16  # the old name still answers
 
 
 def test_fastsam_runs_fp16_on_gpus_and_fp32_on_the_cpu():
