@@ -119,15 +119,6 @@ def test_object_info_lists_every_node_with_its_types(object_info):
 
 
 # ---------------------------------------------------------------------------- helpers
-def _run_ok(server, prompt: dict, timeout: float = 240.0) -> dict:
-    entry = server.run_prompt(prompt, timeout=timeout)
-    assert comfyui.status_of(entry) == "success", comfyui.describe_failure(entry)
-    return entry
-
-
-def _saved(server, entry: dict, node_id: str) -> np.ndarray:
-    (ref,) = comfyui.output_images(entry, node_id)
-    return server.view_image(ref)
 
 
 def _keep(artifacts_dir, name: str, rgb: np.ndarray) -> None:
@@ -192,8 +183,8 @@ def test_segmentation_map_into_save_image(comfy_server, sams_dir, artifacts_dir)
         "8": A.mask_to_image(["7", 0]),
         "9": A.save_image(["8", 0], "picked"),
     }
-    entry = _run_ok(comfy_server, prompt)
-    seg_map, coverage, picked = (_saved(comfy_server, entry, n) for n in ("4", "6", "9"))
+    entry = comfy_server.run_ok(prompt, timeout=240.0)
+    seg_map, coverage, picked = (comfy_server.saved_image(entry, n) for n in ("4", "6", "9"))
     _keep(artifacts_dir, "integration_segmap.png", seg_map)
 
     assert seg_map.shape == (256, 256, 3)
@@ -235,12 +226,12 @@ def test_tiny_sam_mask_into_inpaint_and_composite_chain(comfy_server, sams_dir, 
         "17": A.save_image(["16", 0], "noise_mask"),
         "18": A.save_image(["3", 0], "tiny_image"),
     }
-    entry = _run_ok(comfy_server, prompt)
-    mask = A.mask_of(_saved(comfy_server, entry, "5"))
-    feathered = _saved(comfy_server, entry, "9")[..., 0].astype(np.float64) / 255.0
-    composite = _saved(comfy_server, entry, "12").astype(np.float64)
-    noise_mask = A.mask_of(_saved(comfy_server, entry, "17"))
-    _keep(artifacts_dir, "integration_tiny_sam_overlay.png", _saved(comfy_server, entry, "18"))
+    entry = comfy_server.run_ok(prompt, timeout=240.0)
+    mask = A.mask_of(comfy_server.saved_image(entry, "5"))
+    feathered = comfy_server.saved_image(entry, "9")[..., 0].astype(np.float64) / 255.0
+    composite = comfy_server.saved_image(entry, "12").astype(np.float64)
+    noise_mask = A.mask_of(comfy_server.saved_image(entry, "17"))
+    _keep(artifacts_dir, "integration_tiny_sam_overlay.png", comfy_server.saved_image(entry, "18"))
     _keep(artifacts_dir, "integration_composite.png", composite.astype(np.uint8))
 
     from comfyui_sam_kit.nodes.tiny_sam import SamKitTinySAM
@@ -280,13 +271,13 @@ def test_second_run_of_a_prompt_loads_no_model(comfy_server):
     }
     line = f"SAM Kit: loading {A.CACHE_PROBE_SAM}"
     assert comfy_server.log_text().count(line) == 0
-    first = _run_ok(comfy_server, prompt)
+    first = comfy_server.run_ok(prompt, timeout=240.0)
     assert comfy_server.log_text().count(line) == 1, "the first run did not log its model load"
-    second = _run_ok(comfy_server, prompt)
+    second = comfy_server.run_ok(prompt, timeout=240.0)
     # --cache-none: ComfyUI ran the loader node again; only the pack's cache can skip the load
     assert "2" not in comfyui.cached_nodes(second)
     assert comfy_server.log_text().count(line) == 1, "the second run of the same prompt loaded the model again"
-    np.testing.assert_array_equal(_saved(comfy_server, first, "5"), _saved(comfy_server, second, "5"))
+    np.testing.assert_array_equal(comfy_server.saved_image(first, "5"), comfy_server.saved_image(second, "5"))
 
 
 def test_interrupt_during_a_long_run_leaves_the_server_healthy(comfy_server):
@@ -309,8 +300,8 @@ def test_interrupt_during_a_long_run_leaves_the_server_healthy(comfy_server):
     quick = {"1": A.load_image(A.SCENE_IMAGE), "2": A.loader(A.SMALL_SAM),
              "3": A.seg_map(["2", 0], ["1", 0], points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0),
              "4": A.save_image(["3", 0], "after_interrupt")}
-    entry = _run_ok(comfy_server, quick)
-    assert _saved(comfy_server, entry, "4").shape == (256, 256, 3)
+    entry = comfy_server.run_ok(quick, timeout=240.0)
+    assert comfy_server.saved_image(entry, "4").shape == (256, 256, 3)
 
 
 def test_fastsam_checkpoint_runs_inside_comfyui(comfy_server, sams_dir):
@@ -320,16 +311,16 @@ def test_fastsam_checkpoint_runs_inside_comfyui(comfy_server, sams_dir):
               "3": A.tiny_sam(["2", 0], ["1", 0], **settings),
               "4": A.mask_to_image(["3", 1]), "5": A.save_image(["4", 0], "fastsam_mask"),
               "6": A.seg_map(["2", 0], ["1", 0]), "7": A.save_image(["6", 0], "fastsam_segmap")}
-    entry = _run_ok(comfy_server, prompt)
+    entry = comfy_server.run_ok(prompt, timeout=240.0)
     assert f"SAM Kit: loading {A.RANDOM_FASTSAM}" in comfy_server.log_text()
-    mask = A.mask_of(_saved(comfy_server, entry, "5"))
+    mask = A.mask_of(comfy_server.saved_image(entry, "5"))
 
     from comfyui_sam_kit.nodes.tiny_sam import SamKitTinySAM
 
     _img, own_mask, _objects, _boxes = SamKitTinySAM().run(
         _in_process(sams_dir, A.RANDOM_FASTSAM), _input_image(comfy_server, A.SCENE_IMAGE), *settings.values())
     np.testing.assert_array_equal(mask, own_mask[0].numpy() > 0.5)
-    assert _saved(comfy_server, entry, "7").shape == (256, 256, 3)
+    assert comfy_server.saved_image(entry, "7").shape == (256, 256, 3)
 
 
 # ---------------------------------------------------------------------------- a model that segments
@@ -345,7 +336,7 @@ def test_trained_model_segments_the_clicked_shape_through_comfyui(comfy_server, 
         prompt = {"1": A.load_image(A.SCENE_IMAGE), "2": A.loader(A.TRAINED_SAM),
                   "3": A.tiny_sam(["2", 0], ["1", 0], point_prompt=f"[[{x},{y}]]", point_label="[1]", confidence=0.0),
                   "4": A.mask_to_image(["3", 1]), "5": A.save_image(["4", 0], f"trained_{i}")}
-        entry = _run_ok(comfy_server, prompt)
-        ious.append(mask_iou(A.mask_of(_saved(comfy_server, entry, "5")), scene.masks[i]))
+        entry = comfy_server.run_ok(prompt, timeout=240.0)
+        ious.append(mask_iou(A.mask_of(comfy_server.saved_image(entry, "5")), scene.masks[i]))
     # the fixture's bar (tests/test_testmodel_sam.py: mean IoU >= 0.70 for one click per shape)
     assert np.mean(ious) >= 0.70, f"IoU per shape {np.round(ious, 3).tolist()}"

@@ -60,17 +60,6 @@ def _pack_entries(report: dict) -> list:
     return [e["name"] for e in report["comfy_loaded"] if e["patcher"] == "SamKitModelPatcher"]
 
 
-def _run_ok(server, prompt: dict, timeout: float = 300.0) -> dict:
-    entry = server.run_prompt(prompt, timeout=timeout)
-    assert comfyui.status_of(entry) == "success", comfyui.describe_failure(entry)
-    return entry
-
-
-def _saved(server, entry: dict, node_id: str) -> np.ndarray:
-    (ref,) = comfyui.output_images(entry, node_id)
-    return server.view_image(ref)
-
-
 def _released(report: dict) -> bool:
     """Nothing of the pack's models is left: not in ComfyUI's list, the pack's caches, or alive."""
     return (not _pack_entries(report) and report["pack_cached"] == [] and report["patchers"] == 0
@@ -92,7 +81,7 @@ def _free(server, done, timeout: float = 30.0) -> dict:
         if time.monotonic() > deadline:
             raise AssertionError("ComfyUI's worker did not take up /free within 60 s")
         time.sleep(0.1)
-    _run_ok(server, {"1": A.load_image(A.SCENE_IMAGE), "2": A.save_image(["1", 0], "after_free")}, timeout=60)
+    server.run_ok({"1": A.load_image(A.SCENE_IMAGE), "2": A.save_image(["1", 0], "after_free")}, timeout=60)
     assert "Traceback" not in server.log_text(), server.log_tail()
     deadline = time.monotonic() + timeout
     while not done(report := _probe(server)):
@@ -128,7 +117,7 @@ def test_free_memory_unloads_the_pack_models_and_the_next_run_loads_them_again(s
     # anything from 2 to 600 MiB (glibc keeps freed heap pages).
     bar = 0.8 * server.big_sam_bytes
 
-    first = _run_ok(server, _segment_prompt("first"))
+    first = server.run_ok(_segment_prompt("first"))
     loaded = _probe(server)
     assert sorted(_pack_entries(loaded)) == sorted([BIG_SAM, A.RANDOM_FASTSAM]), loaded["comfy_loaded"]
     assert {e["device"] for e in loaded["comfy_loaded"]} == {"cpu"}  # --cpu: the same path a GPU takes
@@ -137,12 +126,12 @@ def test_free_memory_unloads_the_pack_models_and_the_next_run_loads_them_again(s
     assert loaded["load_count"] == before["load_count"] + 2
 
     freed = _free(server, lambda r: _released(r) and loaded["rss_bytes"] - r["rss_bytes"] >= bar)
-    second = _run_ok(server, _segment_prompt("second"))
+    second = server.run_ok(_segment_prompt("second"))
     again = _probe(server)
     assert again["load_count"] == loaded["load_count"] + 2, "the run after /free did not load its models again"
     assert sorted(_pack_entries(again)) == sorted([BIG_SAM, A.RANDOM_FASTSAM])
     for node in ("4", "7", "11"):  # the reloaded models compute what the first ones did
-        np.testing.assert_array_equal(_saved(server, first, node), _saved(server, second, node))
+        np.testing.assert_array_equal(server.saved_image(first, node), server.saved_image(second, node))
 
     freed_again = _free(server, lambda r: _released(r) and again["rss_bytes"] - r["rss_bytes"] >= bar)
     print("\nRSS (MiB): " + ", ".join(f"{label} {report['rss_bytes'] / MiB:.0f}" for label, report in (
@@ -155,7 +144,7 @@ def test_a_model_the_pack_cache_drops_leaves_comfyuis_list(server):
         prompt = {"1": A.load_image(A.SCENE_IMAGE), "2": A.loader(name),
                   "3": A.tiny_sam(["2", 0], ["1", 0], point_prompt="[[60,60]]", point_label="[1]"),
                   "4": A.mask_to_image(["3", 1]), "5": A.save_image(["4", 0], f"lru_{i}")}
-        _run_ok(server, prompt)
+        server.run_ok(prompt)
         assert name in _pack_entries(_probe(server))
     # ComfyUI's cache holds the last prompt's outputs only: lru_0 was held by the pack's cache
     # alone, and the fourth load pushed it out of that
@@ -172,11 +161,11 @@ def test_free_memory_releases_a_model_only_the_pack_holds(server):
     click = {"1": A.load_image(A.SCENE_IMAGE), "2": A.loader(name),
              "3": A.tiny_sam(["2", 0], ["1", 0], point_prompt="[[60,60]]", point_label="[1]"),
              "4": A.mask_to_image(["3", 1]), "5": A.save_image(["4", 0], "pack_only")}
-    first = _run_ok(server, click)
-    _run_ok(server, {"1": A.load_image(A.SCENE_IMAGE), "2": A.save_image(["1", 0], "no_model")})
+    first = server.run_ok(click)
+    server.run_ok({"1": A.load_image(A.SCENE_IMAGE), "2": A.save_image(["1", 0], "no_model")})
     assert name in _probe(server)["pack_cached"] and name in _pack_entries(_probe(server))
 
     _free(server, _released)
-    second = _run_ok(server, click)
+    second = server.run_ok(click)
     assert name in _pack_entries(_probe(server))
-    np.testing.assert_array_equal(_saved(server, first, "5"), _saved(server, second, "5"))
+    np.testing.assert_array_equal(server.saved_image(first, "5"), server.saved_image(second, "5"))

@@ -67,11 +67,6 @@ def fal_server(comfy_server, tmp_path_factory):
         (comfy_server.base_dir / "samkit-fal.ini").unlink(missing_ok=True)
 
 
-def _saved(server, entry, node_id) -> np.ndarray:
-    (ref,) = comfyui.output_images(entry, node_id)
-    return server.view_image(ref)
-
-
 def _saved_bytes(server, entry, node_id) -> bytes:
     (ref,) = comfyui.output_images(entry, node_id)
     return server.view(ref["filename"], ref.get("subfolder", ""), ref.get("type", "output"))
@@ -103,9 +98,9 @@ def test_remote_nodes_run_against_the_self_hosted_endpoint(comfy_server, fal_ser
     }
     entry = comfy_server.run_prompt(prompt, timeout=240)
     assert comfyui.status_of(entry) == "success", comfyui.describe_failure(entry)
-    remote_mask = A.mask_of(_saved(comfy_server, entry, "4"))
-    remote_map = _saved(comfy_server, entry, "7")
-    remote_coverage = A.mask_of(_saved(comfy_server, entry, "9"))
+    remote_mask = A.mask_of(comfy_server.saved_image(entry, "4"))
+    remote_map = comfy_server.saved_image(entry, "7")
+    remote_coverage = A.mask_of(comfy_server.saved_image(entry, "9"))
     if artifacts_dir is not None:
         (artifacts_dir / "integration_fal_segmap.png").write_bytes(A.png_bytes(remote_map))
 

@@ -257,6 +257,17 @@ class ComfyUIServer:
     def run_prompt(self, prompt: dict, timeout: float = 300.0) -> dict:
         return self.wait_for_history(self.queue_prompt(prompt), timeout=timeout)
 
+    def run_ok(self, prompt: dict, timeout: float = 300.0) -> dict:
+        """Run ``prompt``; its history entry, after asserting it succeeded (the failure described)."""
+        entry = self.run_prompt(prompt, timeout=timeout)
+        assert status_of(entry) == "success", describe_failure(entry)
+        return entry
+
+    def saved_image(self, entry: dict, node_id: str):
+        """The one image a save node ``node_id`` wrote in the run ``entry``, as an array."""
+        (ref,) = output_images(entry, node_id)
+        return self.view_image(ref)
+
     def delete_queued(self, prompt_ids: Iterable[str]) -> None:
         """Take pending prompts off the queue (they never run)."""
         response = self.client.post("/queue", json={"delete": list(prompt_ids)})
