@@ -141,13 +141,34 @@ def tls_front(backend: str, certs: Certificates):
 @dataclass
 class Recorded:
     webhooks: list
+    #: POST /flaky-hook answers 500 this many times before it records and answers 200
+    flaky_failures: int = 0
+    flaky_tries: int = 0
 
 
 @contextmanager
 def image_and_webhook_site(png: bytes, certs: Certificates):
-    """``(base_url, recorded)``: ``GET /cat.png`` answers ``png`` (``/moved.png`` redirects to it),
-    ``POST /hook`` records the JSON body it gets in ``recorded.webhooks``."""
+    """``(base_url, recorded)``: ``GET /cat.png`` answers ``png``; ``/moved.png`` redirects to it,
+    ``/away.png`` redirects to it on ``localhost`` (another host name), ``/slow.png`` answers after
+    2 s, ``/text.png`` answers text; ``POST /hook`` records the JSON body it gets in
+    ``recorded.webhooks``, ``POST /flaky-hook`` too after ``recorded.flaky_failures`` 500s."""
     recorded = Recorded([])
+
+    async def away(request):
+        raise web.HTTPFound(f"https://localhost:{request.url.port}/cat.png")
+
+    async def slow(_request):
+        await asyncio.sleep(2)
+        return web.Response(body=png, content_type="image/png")
+
+    async def text(_request):
+        return web.Response(text="<html>not an image</html>", content_type="image/png")
+
+    async def flaky(request):
+        recorded.flaky_tries += 1
+        if recorded.flaky_tries <= recorded.flaky_failures:
+            return web.json_response({"detail": "try later"}, status=500)
+        return await hook(request)
 
     async def image(_request):
         return web.Response(body=png, content_type="image/png")
@@ -163,5 +184,9 @@ def image_and_webhook_site(png: bytes, certs: Certificates):
     app.router.add_get("/cat.png", image)
     app.router.add_get("/moved.png", moved)
     app.router.add_post("/hook", hook)
+    app.router.add_get("/away.png", away)
+    app.router.add_get("/slow.png", slow)
+    app.router.add_get("/text.png", text)
+    app.router.add_post("/flaky-hook", flaky)
     with TlsSite(app, certs) as site:
         yield site.url, recorded
