@@ -211,3 +211,16 @@ def test_the_start_timeout_fails_a_waiting_job_at_its_deadline():
         # deadline 0.3 s; status is polled every 50 ms; 0.5 s of slack covers a loaded 2-core machine
         assert 0.3 <= waited < 0.8, waited
         assert http.get(body["response_url"]).status_code == 504
+
+
+def test_cli_refuses_bad_edge_options_before_loading_a_model(capsys, monkeypatch):
+    from comfyui_sam_kit.samkit import runtime
+    from comfyui_sam_kit.samkit.fal.cli import main
+
+    monkeypatch.setattr(runtime.hooks, "progress", runtime.hooks.progress)  # main() installs a terminal bar
+    base = ["--model", "nope.pth", "--no-require-key"]
+    for extra, said in ((["--trusted-proxy", "gpu-box"], "--trusted-proxy 'gpu-box'"),
+                        (["--cors-origin", "https://app.example.com/path"], "--cors-origin"),
+                        (["--fetch-max-mb", "0"], "--fetch-max-mb")):
+        assert main(base + extra) == 2
+        assert said in capsys.readouterr().err
