@@ -137,9 +137,8 @@ class FalServer(JobQueue):
     def _base(self, request: web.Request) -> str:
         return public_base(request, self.settings.public_url, self.settings.trusted_proxies)
 
-    def _urls(self, request: Union[web.Request, str], job: Job) -> dict:
-        root = request if isinstance(request, str) else self._base(request)
-        base = f"{root}/{job.app.queue_app}/requests/{job.id}"
+    def _urls(self, request: web.Request, job: Job) -> dict:
+        base = f"{self._base(request)}/{job.app.queue_app}/requests/{job.id}"
         return {"response_url": base, "status_url": f"{base}/status", "cancel_url": f"{base}/cancel"}
 
     def _job(self, request: web.Request) -> Optional[Job]:
