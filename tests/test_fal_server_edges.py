@@ -9,6 +9,7 @@ import base64
 import ipaddress
 import json
 import ssl
+import threading
 import time
 
 import httpx
@@ -18,7 +19,7 @@ from comfyui_sam_kit.samkit.fal import schemas, url_fetch
 from comfyui_sam_kit.samkit.fal.url_fetch import OutboundPolicy, OutboundRefused
 from testsupport.fal_server import SERVER_KEY, serve, wait_until
 from testsupport.tls_loopback import image_and_webhook_site, make_certificates
-from test_fal_server import _data_uri, _finish, _http, _submit
+from test_fal_server import _data_uri, _finish, _gated_handler, _http, _submit
 
 AUTH = {"Authorization": f"Key {SERVER_KEY}"}
 LOOPBACK = OutboundPolicy(hosts=("127.0.0.1",), allow_private=True, timeout=5.0)
@@ -197,6 +198,18 @@ def test_the_synchronous_run_answers_the_result():
         assert http.post("/run/fal-ai/flux/dev", json={"image_url": _data_uri()}).status_code == 404
         bad = http.post(f"/run/{schemas.SEGMENTATION_MAP}", json={"image_url": "data:image/png;base64," + "QUJD" * 50})
         assert bad.status_code == 422 and "Could not load image" in bad.json()["detail"][0]["msg"]
+
+
+def test_a_run_whose_client_goes_away_is_cancelled():
+    started, release = threading.Event(), threading.Event()
+    with serve({schemas.SEGMENTATION_MAP: _gated_handler(started, release)}) as (server, base, _f):
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up while the job runs
+            httpx.post(f"{base}/run/{schemas.SEGMENTATION_MAP}", json={"image_url": _data_uri()}, headers=AUTH,
+                       timeout=httpx.Timeout(10, read=0.5), trust_env=False)
+        assert started.is_set()
+        job = next(iter(server.jobs.values()))
+        wait_until(lambda: job.state == "COMPLETED", timeout=10, what="the run to be cancelled")
+        assert job.error_type == "request_cancelled" and not release.is_set()
 
 
 def test_the_start_timeout_fails_a_waiting_job_at_its_deadline():
