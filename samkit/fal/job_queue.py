@@ -1,7 +1,8 @@
 """The self-hosted server's job queue on an asyncio loop: N workers run handlers on a thread
 pool, jobs wait in order (0-based positions), a queued job can be dropped and a running one
 told to stop at its next check, a job not started before its ``X-Fal-Request-Timeout`` fails
-with 504 at that deadline (a timer on the loop, not when a worker reaches it), and results (records and PNG files) are kept for ``result_ttl`` seconds.
+with 504 at that deadline (a timer on the loop, not when a worker reaches it), and results
+(records and PNG files) are kept for ``result_ttl`` seconds.
 
 Job records and files are written only on the event loop's thread, never by workers. The HTTP
 surface on top is :class:`.server.FalServer`.
