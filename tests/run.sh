@@ -15,6 +15,10 @@ fi
 python -m pip install --quiet --upgrade pip
 python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 python -m pip install --quiet -r tests/requirements.txt
+# fal's official JS client for tests/test_fal_official_clients.py (skipped there without Node)
+if command -v npm >/dev/null 2>&1 && command -v node >/dev/null 2>&1; then
+    (cd tests/js/falclient && npm ci --no-audit --no-fund --silent)
+fi
 set +e
 python -m pytest "$@"
 status=$?

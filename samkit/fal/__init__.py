@@ -20,7 +20,11 @@ The self-hosted fal-compatible server (aiohttp), ``python -m samkit serve --help
 * ``jobs``: a job, its ``JobContext`` (log, cancel flag, input image), ``run_job``.
 * ``handlers``: the handlers that bind the library to the two endpoints.
 * ``job_queue``: the queue (workers, positions, cancellation, result lifetime).
-* ``server``: the HTTP surface (routes, keys, errors, result files).
+* ``server``: the HTTP surface (routes, keys, errors, result files, the synchronous run).
+* ``status_stream``: the server-sent-events status stream.
+* ``url_fetch``: outbound requests for a client (https image_url, webhooks) under SSRF rules.
+* ``webhooks``: ``?fal_webhook=`` delivery in fal's payload shape.
+* ``web_edges``: CORS, and the public URL behind a TLS front (trusted forwarded headers).
 * ``hosting``: running it in the foreground or on a background thread.
 * ``cli``: ``python -m samkit serve``.
 """

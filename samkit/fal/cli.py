@@ -22,6 +22,8 @@ from .hosting import serve
 from .jobs import Handler, ServerSettings
 from .server import FalServer
 from .transport import is_loopback_host
+from .url_fetch import OutboundPolicy
+from .web_edges import parse_networks, parse_origins
 
 log = logging.getLogger("comfyui-sam-kit.fal.server")
 
@@ -67,7 +69,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key-file", help="file with the accepted keys, one per line")
     p.add_argument("--no-require-key", dest="require_key", action="store_false", default=True,
                    help="accept requests without a key (only sensible on 127.0.0.1)")
-    p.add_argument("--public-url", help="URL clients use to reach this server (behind a reverse proxy)")
+    p.add_argument("--public-url", help="URL clients use to reach this server (behind a reverse proxy); wins over "
+                                        "forwarded headers")
+    p.add_argument("--trusted-proxy", action="append", default=[], metavar="IP_OR_NETWORK",
+                   help="believe Forwarded / X-Forwarded-Proto / X-Forwarded-Host from this peer (repeatable), "
+                        "e.g. 127.0.0.1 for a TLS front on this machine")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let browser apps on this origin call the server (repeatable; * for any)")
+    p.add_argument("--fetch-host", action="append", default=[], metavar="HOST",
+                   help="fetch https image_url from this host (repeatable; *.example.com for sub-domains). "
+                        "Default: none, images must come as data URIs")
+    p.add_argument("--fetch-max-mb", type=float, default=20.0, help="largest image download, MiB (default 20)")
+    p.add_argument("--fetch-timeout", type=float, default=20.0, help="seconds for a download, redirects included "
+                                                                     "(default 20)")
+    p.add_argument("--webhook-host", action="append", default=[], metavar="HOST",
+                   help="deliver ?fal_webhook= callbacks to this host (repeatable). Default: none, a submit with a "
+                        "webhook gets 422")
+    p.add_argument("--webhook-retries", type=int, default=5, help="tries after the first failed delivery (default 5)")
+    p.add_argument("--allow-private-addresses", action="store_true",
+                   help="let image fetches and webhooks reach private, loopback and link-local addresses (a LAN "
+                        "file server); off by default")
     p.add_argument("--points-per-side", type=int, default=32, help="seg map: point grid per side")
     p.add_argument("--pred-iou-thresh", type=float, default=0.88, help="seg map: predicted quality threshold")
     p.add_argument("--stability-score-thresh", type=float, default=0.95, help="seg map: stability threshold")
@@ -91,6 +112,16 @@ def main(argv: Optional[list] = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    try:
+        trusted, origins = parse_networks(args.trusted_proxy), parse_origins(args.cors_origin)
+        if args.fetch_max_mb <= 0 or args.fetch_timeout <= 0 or args.webhook_retries < 0:
+            raise ValueError("--fetch-max-mb and --fetch-timeout must be positive and --webhook-retries at least 0")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    fetch = OutboundPolicy(tuple(h.lower() for h in args.fetch_host), args.allow_private_addresses,
+                           int(args.fetch_max_mb * 1024 * 1024), args.fetch_timeout)
+    hooks = OutboundPolicy(tuple(h.lower() for h in args.webhook_host), args.allow_private_addresses)
     if args.require_key and not keys:
         print("error: give --key-file with the keys clients must send (one per line), or --no-require-key to accept "
               "anyone who can reach this server", file=sys.stderr)
@@ -119,7 +150,9 @@ def main(argv: Optional[list] = None) -> int:
         return 2
     server = FalServer(handlers, ServerSettings(workers=args.workers, max_queue=args.max_queue,
                                                 result_ttl=args.result_ttl, keys=keys, require_key=args.require_key,
-                                                public_url=args.public_url))
+                                                public_url=args.public_url, trusted_proxies=trusted,
+                                                cors_origins=origins, fetch=fetch, webhooks=hooks,
+                                                webhook_retries=args.webhook_retries))
     try:
         asyncio.run(serve(server, args.host, args.port))
     except OSError as exc:

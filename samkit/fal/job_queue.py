@@ -1,7 +1,8 @@
 """The self-hosted server's job queue on an asyncio loop: N workers run handlers on a thread
 pool, jobs wait in order (0-based positions), a queued job can be dropped and a running one
 told to stop at its next check, a job not started before its ``X-Fal-Request-Timeout`` fails
-with 504, and results (records and PNG files) are kept for ``result_ttl`` seconds.
+with 504 at that deadline (a timer on the loop, not when a worker reaches it), and results
+(records and PNG files) are kept for ``result_ttl`` seconds.
 
 Job records and files are written only on the event loop's thread, never by workers. The HTTP
 surface on top is :class:`.server.FalServer`.
@@ -78,7 +79,18 @@ class JobQueue:
             self._pending.append(job)
             position = len(self._pending) - 1
             self._cond.notify()
+        if job.start_by is not None:  # loop.time() is time.monotonic(), the clock start_by is on
+            self._loop.call_at(job.start_by, self._start_deadline, job)
         return position
+
+    def _start_deadline(self, job: Job) -> None:
+        """``X-Fal-Request-Timeout`` passed: a job still waiting fails now (fal's 504, type ``user``)."""
+        if job in self._pending:
+            self._pending.remove(job)
+            self._fail(job, 504, "The request did not start before its X-Fal-Request-Timeout", "request_timeout")
+
+    def on_finished(self, job: Job) -> None:
+        """Called on the loop's thread once ``job`` is COMPLETED (the server delivers webhooks here)."""
 
     async def cancel_job(self, job: Job) -> None:
         """Tell a running job to stop; drop a queued one (it ends cancelled at once)."""
@@ -143,6 +155,7 @@ class JobQueue:
         if job.started is not None:
             job.metrics = {"inference_time": round(job.finished - job.started, 4)}
         job.state = "COMPLETED"  # last: readers see a complete record
+        self.on_finished(job)
 
     async def _janitor(self) -> None:
         period = min(max(self.settings.result_ttl / 4, 0.05), 30.0)

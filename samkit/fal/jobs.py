@@ -22,6 +22,7 @@ from ..images import ImageDecodeError, decode_image_bytes, image_size, png_bytes
 from . import schemas
 from .errors import redact
 from .schemas import AppId
+from .url_fetch import OutboundPolicy, OutboundRefused, describe_host, fetch_bytes
 
 log = logging.getLogger("comfyui-sam-kit.fal.server")
 
@@ -46,7 +47,8 @@ class JobFailed(Exception):
 
 @dataclass
 class ServerSettings:
-    """How the self-hosted server serves: queue, keys, result lifetime, input size limit."""
+    """How the self-hosted server serves: queue, keys, result lifetime, input size limit, and its
+    optional features (``python -m samkit serve --help``; the README's self-hosted section)."""
 
     workers: int = 1
     max_queue: int = 16
@@ -55,7 +57,16 @@ class ServerSettings:
     require_key: bool = True
     #: the URL clients reach this server at (behind a reverse proxy); default: from each request
     public_url: Optional[str] = None
+    #: peers (ip_network objects) whose Forwarded / X-Forwarded-* headers are believed (.web_edges)
+    trusted_proxies: tuple = ()
     max_image_pixels: int = MAX_IMAGE_PIXELS
+    #: https image_url fetching (.url_fetch); off while its host list is empty
+    fetch: OutboundPolicy = field(default_factory=OutboundPolicy)
+    #: ?fal_webhook= delivery (.webhooks); refused with 422 while its host list is empty
+    webhooks: OutboundPolicy = field(default_factory=OutboundPolicy)
+    webhook_retries: int = 5
+    #: origins browser apps may call from (CORS); "*" for any
+    cors_origins: tuple = ()
 
 
 @dataclass(eq=False)
@@ -65,6 +76,11 @@ class Job:
     endpoint_id: str
     arguments: dict
     start_by: Optional[float] = None
+    #: where to POST fal's webhook payload when the job ends (checked against the policy at submit)
+    webhook: Optional[str] = None
+    #: the base URL the submitter reached the server at (the webhook's result URLs use it)
+    public_base: str = ""
+    submitted_position: int = 0
     state: str = "IN_QUEUE"
     logs: list = field(default_factory=list)
     cancel_requested: threading.Event = field(default_factory=threading.Event)
@@ -102,9 +118,20 @@ class JobContext:
 
     def image(self, name: str = "image_url"):
         """The input image as a ``[1,H,W,3]`` IMAGE tensor, decoded by ``images.read_image``'s rules
-        (the command line's: 16-bit and float images scaled right, alpha dropped, first frame)."""
+        (the command line's: 16-bit and float images scaled right, alpha dropped, first frame).
+
+        A data URI is judged by its bytes, whatever MIME type it is labelled with (fal_client's
+        ``encode_file`` writes ``application/octet-stream`` for an unknown extension); an
+        ``https://`` URL is fetched under ``settings.fetch`` (:mod:`.url_fetch`)."""
+        value = self._job.arguments[name]
         try:
-            _mime, data = schemas.decode_data_uri(self._job.arguments[name])
+            if str(value).startswith("https://"):
+                self.log(f"fetching {name} from {describe_host(value)}")
+                data = fetch_bytes(value, self._settings.fetch, name)
+            else:
+                _mime, data = schemas.decode_data_uri(value)
+        except OutboundRefused as exc:
+            raise InputError(f"Could not load image from {exc}", name) from None
         except ValueError as exc:
             raise InputError(f"Could not load image from {name}: {exc}", name) from None
         try:

@@ -43,7 +43,8 @@ TINY_SAM_DEFAULTS = {
 }
 SIZE_RANGE = (SIZE.min, SIZE.max)
 
-_DATA_URI = re.compile(r"^data:(image/[A-Za-z0-9.+-]+)(;[^,;]+=[^,;]*)*;base64,", re.ASCII)
+# any MIME type (or none, RFC 2397): the image is judged by its bytes when decoded, not by its label
+_DATA_URI = re.compile(r"^data:([A-Za-z0-9.+-]+/[A-Za-z0-9.+-]+)?(;[^,;]+=[^,;]*)*;base64,", re.ASCII)
 _SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
@@ -91,14 +92,15 @@ def _is_number(v: Any) -> bool:
 
 
 def check_image_url(value: Any, loc: list) -> list[dict]:
-    """fal's ``ImageInput``: an https URL (≤ 2048 chars) or an image data URI (≤ 10 MiB)."""
+    """fal's ``ImageInput``: an https URL (≤ 2048 chars) or a base64 data URI (≤ 10 MiB) of any
+    MIME type (whether it holds an image is decided from its bytes)."""
     if not isinstance(value, str):
         return [_err(loc, "Input should be a valid string", "string_type")]
     if value.startswith("data:"):
         if len(value) > MAX_DATA_URI_CHARS:
             return [_err(loc, f"Data URI is too long ({len(value)} characters; at most {MAX_DATA_URI_CHARS})", "string_too_long")]
         if not _DATA_URI.match(value):
-            return [_err(loc, "Data URI must look like data:image/<type>;base64,<data>", "value_error")]
+            return [_err(loc, "Data URI must look like data:<type>;base64,<data>", "value_error")]
         return []
     if value.startswith("https://"):
         if len(value) > MAX_HTTPS_URL_CHARS:

@@ -5,21 +5,30 @@
 
 It serves ``fal-ai/tiny-sam`` and ``fal-ai/image-preprocessors/sam`` with fal's input and output
 schemas, running the same library code as the local nodes (``samkit.tiny_sam_job.segment_with_prompts``
-and ``samkit.segmap.segmentation_map``), so the remote nodes work against it unchanged:
+and ``samkit.segmap.segmentation_map``), so the remote nodes and fal's own clients (``fal-client``,
+``@fal-ai/client``) work against it unchanged:
 
-* submit ``POST /{owner}/{app}[/{path}]``, status ``GET /{owner}/{app}/requests/{id}/status``,
-  result ``GET /{owner}/{app}/requests/{id}``, cancel ``PUT /{owner}/{app}/requests/{id}/cancel``;
+* submit ``POST /{owner}/{app}[/{path}]`` (``?fal_webhook=``: :mod:`.webhooks`), status
+  ``GET /{owner}/{app}/requests/{id}/status``, its event stream ``…/status/stream``
+  (:mod:`.status_stream`), result ``GET /{owner}/{app}/requests/{id}``, cancel ``PUT …/cancel``;
+* the synchronous run (fal's ``https://fal.run/{app}``) at ``POST /run/{owner}/{app}``: the
+  result (or the error) in the response; a client that drops the connection cancels the job.
+  ``fal.run`` and ``queue.fal.run`` differ by host, and the bare path here is the queue's, so
+  ``fal_client.run`` is pointed here with ``FAL_RUN_HOST=<host:port>/run``;
 * a real queue: N worker threads, a bounded length (429 when full), 0-based queue positions,
   cancellation (a queued job is dropped; a running one is told to stop at its next check),
-  results kept for ``--result-ttl`` seconds, ``X-Fal-Request-Timeout`` honoured;
-* ``Authorization: Key <key>`` checked against ``--key-file`` (one key per line);
+  results kept for ``--result-ttl`` seconds, ``X-Fal-Request-Timeout`` enforced at its deadline;
+* ``Authorization: Key <key>`` checked against ``--key-file`` (one key per line); CORS and the
+  public URL behind a TLS front: :mod:`.web_edges`;
 * 422 ``{"detail": [{loc, msg, type}]}`` for inputs that break the schema (at submit) or that
   the job refuses (at result, e.g. a point outside the image);
 * result images at ``/files/<id>.png`` (unguessable names, like fal's CDN URLs); a request for
   a file that carries an ``Authorization`` header is refused, so a client leaking its key to
   the file host fails loudly.
 
-Images come in as data URIs only; this server never fetches URLs (no SSRF from a studio box).
+Images come in as base64 data URIs (any MIME label; the bytes decide), or as https URLs when the
+operator allows their hosts (``--fetch-host``, :mod:`.url_fetch`); by default the server fetches
+nothing (no SSRF from a studio box) and its 422 says how to allow it.
 
 The queue under it is :mod:`.job_queue`, the jobs and their handlers :mod:`.jobs` and
 :mod:`.handlers`; :mod:`.hosting` runs it, :mod:`.cli` is ``python -m samkit serve``.
@@ -27,20 +36,24 @@ The queue under it is :mod:`.job_queue`, the jobs and their handlers :mod:`.jobs
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
 import time
 import uuid
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Union
 
 from aiohttp import web
 
-from . import schemas
+from . import schemas, webhooks
 from .errors import redact
 from .job_queue import JobQueue
 from .jobs import Handler, Job, ServerSettings, error_detail
 from .schemas import AppId
+from .status_stream import stream_status
+from .url_fetch import OutboundRefused, check_url
+from .web_edges import cors_middleware, public_base
 
 log = logging.getLogger("comfyui-sam-kit.fal.server")
 
@@ -61,18 +74,24 @@ class FalServer(JobQueue):
         if self.settings.require_key and not self.settings.keys:
             raise ValueError("require_key is set but no keys were given")
         self._middlewares = list(middlewares)
+        self._webhook_tasks: set[asyncio.Task] = set()
 
     # -------------------------------------------------------------- app
 
     def make_app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[*self._middlewares, self._errors_and_auth])
+        # CORS outermost: preflights skip the key check, and a 401 still reaches the browser app
+        edges = [cors_middleware(self.settings.cors_origins)] if self.settings.cors_origins else []
+        app = web.Application(client_max_size=MAX_BODY_BYTES,
+                              middlewares=[*edges, *self._middlewares, self._errors_and_auth])
         r = app.router
         r.add_get("/health", self._health)
         r.add_get("/files/{name}", self._file)
         r.add_get("/{owner}/{alias}/requests/{request_id}/status", self._status)
+        r.add_get("/{owner}/{alias}/requests/{request_id}/status/stream", self._status_stream)
         r.add_put("/{owner}/{alias}/requests/{request_id}/cancel", self._cancel)
         r.add_get("/{owner}/{alias}/requests/{request_id}", self._result)
         r.add_get("/{owner}/{alias}/requests/{request_id}/", self._result)
+        r.add_post("/run/{tail:.+}", self._run)
         r.add_post("/{tail:.+}", self._submit)
         app.on_startup.append(self._on_startup)
         app.on_cleanup.append(self._on_cleanup)
@@ -82,6 +101,9 @@ class FalServer(JobQueue):
         await self.start_workers()
 
     async def _on_cleanup(self, _app) -> None:
+        for task in list(self._webhook_tasks):
+            task.cancel()
+        await asyncio.gather(*self._webhook_tasks, return_exceptions=True)
         await self.stop_workers()
 
     @web.middleware
@@ -113,7 +135,7 @@ class FalServer(JobQueue):
         return ok
 
     def _base(self, request: web.Request) -> str:
-        return (self.settings.public_url or f"{request.scheme}://{request.host}").rstrip("/")
+        return public_base(request, self.settings.public_url, self.settings.trusted_proxies)
 
     def _urls(self, request: web.Request, job: Job) -> dict:
         base = f"{self._base(request)}/{job.app.queue_app}/requests/{job.id}"
@@ -139,7 +161,8 @@ class FalServer(JobQueue):
         return self._json({"status": "ok", "endpoints": sorted(self.handlers), "workers": self.settings.workers,
                            "queued": self.queued, "max_queue": self.settings.max_queue})
 
-    async def _submit(self, request: web.Request) -> web.Response:
+    async def _accept(self, request: web.Request, webhook: Optional[str]) -> Union[Job, web.Response]:
+        """A validated, queued job for this submit (or run), or the error answer."""
         endpoint_id = request.match_info["tail"].strip("/")
         if endpoint_id not in self.handlers:
             return self._json({"detail": f"Application {endpoint_id!r} not found; this server runs "
@@ -149,10 +172,11 @@ class FalServer(JobQueue):
             arguments = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             return self._json({"detail": [{"loc": ["body"], "msg": "Invalid JSON", "type": "json_invalid"}]}, 422)
-        errors = schemas.VALIDATORS[endpoint_id](arguments)
-        if not errors and not str(arguments["image_url"]).startswith("data:"):
-            errors = [{"loc": ["body", "image_url"], "type": "value_error",
-                       "msg": "This server takes images as data:image/...;base64 URIs only; it does not fetch URLs"}]
+        errors = schemas.VALIDATORS[endpoint_id](arguments) + self._url_errors(arguments)
+        if webhook is not None:
+            why = webhooks.refusal(webhook, self.settings.webhooks)
+            if why:
+                errors.append({"loc": ["query", "fal_webhook"], "msg": why, "type": "value_error"})
         if errors:
             for e in errors:
                 e["msg"] = redact(e["msg"])
@@ -169,11 +193,54 @@ class FalServer(JobQueue):
                 return self._json({"detail": "X-Fal-Request-Timeout must be a number of seconds"}, 400)
             if seconds > 0:
                 start_by = time.monotonic() + seconds
-        job = Job(str(uuid.uuid4()), AppId.parse(endpoint_id), endpoint_id, arguments, start_by=start_by)
-        position = await self.enqueue(job)
-        log.info("queued %s request %s (position %d)", endpoint_id, job.id, position)
-        return self._json({"request_id": job.id, "status": "IN_QUEUE", "queue_position": position,
-                           **self._urls(request, job)}, 200, job)
+        job = Job(str(uuid.uuid4()), AppId.parse(endpoint_id), endpoint_id, arguments, start_by=start_by,
+                  webhook=webhook, public_base=self._base(request))
+        job.submitted_position = await self.enqueue(job)
+        log.info("queued %s request %s (position %d)", endpoint_id, job.id, job.submitted_position)
+        return job
+
+    def _url_errors(self, arguments: Any) -> list:
+        """An https image_url this server may not fetch, refused at submit (the fetch itself is the job's)."""
+        url = arguments.get("image_url") if isinstance(arguments, dict) else None
+        if not (isinstance(url, str) and url.startswith("https://")):
+            return []
+        policy = self.settings.fetch
+        if not policy.enabled:
+            msg = ("This server does not fetch image URLs unless its operator allows their hosts: start it with "
+                   "--fetch-host <host> (repeatable; see the README's self-hosted section), or send the image "
+                   "as a data:image/...;base64 URI")
+        else:
+            try:
+                check_url(url, policy, "image_url")
+                return []
+            except OutboundRefused as exc:
+                msg = f"{exc} (the operator adds hosts with --fetch-host)"
+        return [{"loc": ["body", "image_url"], "msg": msg, "type": "value_error"}]
+
+    async def _submit(self, request: web.Request) -> web.Response:
+        job = await self._accept(request, request.query.get("fal_webhook"))
+        if isinstance(job, web.Response):
+            return job
+        return self._json({"request_id": job.id, "gateway_request_id": job.id, "status": "IN_QUEUE",
+                           "queue_position": job.submitted_position, **self._urls(request, job)}, 200, job)
+
+    async def _run(self, request: web.Request) -> web.Response:
+        """fal's synchronous run: queue the job like a submit, answer its result (or error) when it
+        ends. A client that goes away cancels it, as on fal."""
+        if "fal_webhook" in request.query:
+            return self._json({"detail": [{"loc": ["query", "fal_webhook"], "type": "value_error",
+                                           "msg": "Webhooks go with queue submits, not with the synchronous run"}]},
+                              422)
+        job = await self._accept(request, None)
+        if isinstance(job, web.Response):
+            return job
+        while job.state != "COMPLETED":
+            if request.transport is None or request.transport.is_closing():
+                await self.cancel_job(job)
+                log.info("run %s: the client went away; cancelled", job.id)
+                break
+            await asyncio.sleep(0.05)
+        return self._result_answer(self._base(request), job)
 
     def _status_body(self, request: web.Request, job: Job, with_logs: bool) -> dict:
         body: dict = {"status": job.state, "request_id": job.id, **self._urls(request, job)}
@@ -184,6 +251,12 @@ class FalServer(JobQueue):
         if job.state == "COMPLETED":
             body.update(metrics=job.metrics, error=job.error, error_type=job.error_type)
         return body
+
+    async def _status_stream(self, request: web.Request) -> web.StreamResponse:
+        job = self._job(request)
+        if job is None:
+            return self._json({"detail": "Request not found"}, 404)
+        return await stream_status(request, job, lambda with_logs: self._status_body(request, job, with_logs))
 
     async def _status(self, request: web.Request) -> web.Response:
         job = self._job(request)
@@ -198,13 +271,28 @@ class FalServer(JobQueue):
             return self._json({"detail": "Request not found"}, 404)
         if job.state != "COMPLETED":
             return self._json(self._status_body(request, job, False), 202, job)
+        return self._result_answer(self._base(request), job)
+
+    def _result_body(self, base: str, job: Job) -> tuple[int, dict]:
         if job.failure is not None:
-            status, body = job.failure
-            extra = {"X-Fal-Request-Timeout-Type": "user"} if job.error_type == "request_timeout" else None
-            return self._json(body, status, job, extra)
+            return job.failure
         file_id, width, height, size = job.output
-        return self._json(schemas.image_output(f"{self._base(request)}/files/{file_id}.png", width, height, size,
-                                               f"{file_id}.png"), 200, job)
+        return 200, schemas.image_output(f"{base}/files/{file_id}.png", width, height, size, f"{file_id}.png")
+
+    def _result_answer(self, base: str, job: Job) -> web.Response:
+        status, body = self._result_body(base, job)
+        extra = {"X-Fal-Request-Timeout-Type": "user"} if job.error_type == "request_timeout" else None
+        return self._json(body, status, job, extra)
+
+    def on_finished(self, job: Job) -> None:
+        if not job.webhook:
+            return
+        status, body = self._result_body(job.public_base, job)
+        task = asyncio.get_running_loop().create_task(webhooks.deliver(
+            job.webhook, webhooks.payload(job.id, status, body), self.settings.webhooks,
+            self.settings.webhook_retries, job.id))
+        self._webhook_tasks.add(task)
+        task.add_done_callback(self._webhook_tasks.discard)
 
     async def _cancel(self, request: web.Request) -> web.Response:
         job = self._job(request)

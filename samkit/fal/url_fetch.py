@@ -1,0 +1,194 @@
+"""Requests the self-hosted server makes on a client's behalf: fetching an ``https://`` image_url
+and delivering a webhook. Both are off unless the operator lists the hosts they may reach, and
+both follow one rule set (:class:`OutboundPolicy`), because either would otherwise let anyone
+with a key make the GPU box call into the studio's network (SSRF):
+
+* ``https://`` only; no user name or password in the URL;
+* the host must be on the allow-list (``--fetch-host`` / ``--webhook-host``): an exact name or
+  address, or ``*.example.com`` for its sub-domains;
+* every address the name resolves to must be public (not private, loopback, link-local,
+  multicast, reserved or unspecified; IPv4-mapped IPv6 judged as IPv4) unless
+  ``allow_private``; the connection then goes to the address that was checked (the certificate
+  is still verified for the name), so a DNS answer that changes between check and connect
+  cannot reach an internal address;
+* redirects are followed by hand, at most ``max_redirects``, each hop checked as above;
+* one deadline (``timeout``) covers every hop and the body; the body is cut at ``max_bytes``.
+
+Proxies from the environment are not used (they would connect elsewhere than the checked
+address); CA certificates from ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` are.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+import httpx
+
+from .transport import USER_AGENT, tls_context
+
+REDIRECTS = (301, 302, 303, 307, 308)
+
+
+class OutboundRefused(ValueError):
+    """A URL the policy does not let the server reach, or a fetch that failed; the text says why."""
+
+
+@dataclass(frozen=True)
+class OutboundPolicy:
+    """Which URLs the server may reach for a client, and how much it may read from them."""
+
+    #: allowed hosts (lower case): names, addresses, or ``*.domain`` for sub-domains; empty: off
+    hosts: tuple = ()
+    allow_private: bool = False
+    max_bytes: int = 20 * 1024 * 1024
+    timeout: float = 20.0
+    max_redirects: int = 5
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.hosts)
+
+    def host_allowed(self, host: str) -> bool:
+        host = host.lower().strip("[]").rstrip(".")
+        for allowed in self.hosts:
+            if allowed.startswith("*.") and host.endswith(allowed[1:]) and len(host) > len(allowed) - 1:
+                return True
+            if host == allowed.strip("[]"):
+                return True
+        return False
+
+
+def check_url(url: Any, policy: OutboundPolicy, what: str = "URL"):
+    """The split URL if ``policy`` allows it (without looking the host up); else :class:`OutboundRefused`."""
+    if not isinstance(url, str):
+        raise OutboundRefused(f"{what} must be a string")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        raise OutboundRefused(f"{what} is not a valid URL") from None
+    if parts.scheme != "https" or not parts.hostname:
+        raise OutboundRefused(f"{what} must be an https:// URL")
+    if parts.username or parts.password:
+        raise OutboundRefused(f"{what} must not contain a user name or password")
+    if not policy.host_allowed(parts.hostname):
+        raise OutboundRefused(f"{what}: host {parts.hostname!r} is not on this server's allow-list")
+    return parts
+
+
+def is_public(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def resolve(host: str, port: int, policy: OutboundPolicy, what: str) -> str:
+    """The address to connect to: every address ``host`` resolves to must pass the policy."""
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise OutboundRefused(f"{what}: cannot resolve {host!r} ({exc})") from None
+    addresses = list(dict.fromkeys(info[4][0] for info in infos))
+    if not addresses:
+        raise OutboundRefused(f"{what}: {host!r} has no address")
+    if not policy.allow_private:
+        for address in addresses:
+            if not is_public(address):
+                raise OutboundRefused(f"{what}: {host!r} resolves to {address}, a private, loopback or link-local "
+                                      "address; the server refuses those unless started with "
+                                      "--allow-private-addresses")
+    return addresses[0]
+
+
+@dataclass
+class Fetched:
+    status: int
+    headers: httpx.Headers
+    body: bytes
+    url: str  # the last hop
+
+
+def _client(timeout: float) -> httpx.Client:
+    return httpx.Client(verify=tls_context(True), trust_env=False, follow_redirects=False, timeout=timeout,
+                        headers={"User-Agent": USER_AGENT})
+
+
+def request(method: str, url: str, policy: OutboundPolicy, *, json: Any = None, what: str = "URL") -> Fetched:
+    """One request under ``policy`` (redirects followed and checked hop by hop). Any answer status
+    comes back as :class:`Fetched`; a refused URL, a network error, the deadline or a body over
+    ``max_bytes`` raise :class:`OutboundRefused`."""
+    deadline = time.monotonic() + policy.timeout
+    with _client(policy.timeout) as client:
+        for _hop in range(policy.max_redirects + 1):
+            parts = check_url(url, policy, what)
+            port = parts.port or 443
+            address = resolve(parts.hostname, port, policy, what)
+            literal = _is_address(parts.hostname)
+            pinned = urlunsplit(("https", f"[{address}]:{port}" if ":" in address else f"{address}:{port}",
+                                 parts.path or "/", parts.query, ""))
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise OutboundRefused(f"{what}: no answer within {policy.timeout:g} s")
+            extensions = {"timeout": {"connect": left, "read": left, "write": left, "pool": left}}
+            if not literal:
+                extensions["sni_hostname"] = parts.hostname  # the certificate is checked for the name
+            try:
+                with client.stream(method, pinned, json=json, headers={"Host": parts.netloc.split("@")[-1]},
+                                   extensions=extensions) as response:
+                    if response.status_code in REDIRECTS and "location" in response.headers:
+                        url = urljoin(url, response.headers["location"])
+                        if response.status_code in (301, 302, 303) and method != "GET":
+                            method, json = "GET", None
+                        continue
+                    body = _read_limited(response, policy, deadline, what)
+                    return Fetched(response.status_code, response.headers, body, url)
+            except httpx.TimeoutException:
+                raise OutboundRefused(f"{what}: no answer within {policy.timeout:g} s") from None
+            except httpx.HTTPError as exc:
+                raise OutboundRefused(f"{what}: {type(exc).__name__}: {exc}") from None
+    raise OutboundRefused(f"{what}: more than {policy.max_redirects} redirects")
+
+
+def _read_limited(response: httpx.Response, policy: OutboundPolicy, deadline: float, what: str) -> bytes:
+    declared = response.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > policy.max_bytes:
+        raise OutboundRefused(f"{what}: the answer is {declared} bytes; this server reads at most {policy.max_bytes}")
+    chunks, size = [], 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > policy.max_bytes:
+            raise OutboundRefused(f"{what}: the answer is larger than {policy.max_bytes} bytes")
+        if time.monotonic() > deadline:
+            raise OutboundRefused(f"{what}: not read within {policy.timeout:g} s")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        return False
+
+
+def fetch_bytes(url: str, policy: OutboundPolicy, what: str = "image_url") -> bytes:
+    """``GET url`` under ``policy``: the body of a 200 answer; anything else raises :class:`OutboundRefused`."""
+    fetched = request("GET", url, policy, what=what)
+    if fetched.status != 200:
+        raise OutboundRefused(f"{what}: the host answered HTTP {fetched.status}")
+    return fetched.body
+
+
+def describe_host(url: str) -> Optional[str]:
+    """The host of ``url`` for logs (never the path or query, which may carry a signed token)."""
+    try:
+        return urlsplit(url).hostname
+    except ValueError:
+        return None
