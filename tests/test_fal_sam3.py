@@ -216,3 +216,25 @@ def test_requests_outside_the_published_schema_are_never_sent(monkeypatch):
     errors = sam3_schemas.validate_sam3({"image_url": "data:image/png;base64,AAAA", "point_prompts": [{"x": 1, "label": 2}],
                                          "colour": "red"})
     assert {tuple(e["loc"]) for e in errors} == {("body", "point_prompts", 0, "label"), ("body", "colour")}
+
+
+def test_a_config_section_with_app_sends_jobs_to_the_deployed_pack_with_the_fal_key(monkeypatch, tmp_path):
+    def answer(endpoint_id, body, store):
+        return {"combined_mask": {"url": store(_png(np.zeros((H, W), bool)))}, "individual_masks": []}
+
+    with serve_sam3(answer) as server:
+        _use(monkeypatch, server)  # fal's queue (here: loopback) and fal's key
+        config = tmp_path / "config" / "comfyui-sam-kit" / "fal.ini"
+        config.parent.mkdir(parents=True)
+        config.write_text("[studio-fal]\napp = me/samkit\n")
+        assert SamKitFalSAM3.INPUT_TYPES()["required"]["endpoint"][0] == ["fal", "studio-fal"]
+        masks, _union, _boxes = SamKitFalSAM3().run(_image(), "everything (sam2/auto-segment)", "", "[[0,0,0,0]]",
+                                                    "[[0,0]]", "[0]", 3, "studio-fal")
+        with pytest.raises(ValueError, match="does not serve fal-ai/sam-3/image"):
+            SamKitFalSAM3().run(_image(), "sam-3 (masks)", "cat", "[[0,0,0,0]]", "[[0,0]]", "[0]", 3, "studio-fal")
+        config.write_text("[studio-fal]\napp = me/samkit/extra\n")
+        with pytest.raises(ValueError, match="must be the id 'fal deploy' printed"):
+            SamKitFalSAM3().run(_image(), "everything (sam2/auto-segment)", "", "[[0,0,0,0]]", "[[0,0]]", "[0]", 3,
+                                "studio-fal")
+        received = [endpoint for endpoint, _body in server.received]
+    assert received == ["me/samkit/auto-segment"] and masks.shape == (1, H, W)

@@ -28,8 +28,16 @@ VECTORS = json.loads((Path(__file__).resolve().parents[1] / "vectors" / "fal_sam
 SERVER_KEY = "sam3-id:sam3-secret-0123456789"
 
 
+def fal_endpoint_of(endpoint_id: str) -> str:
+    """fal's id for a request: itself, or (the pack's deployed App, ``owner/app/auto-segment``) fal's."""
+    if endpoint_id in VECTORS["endpoints"]:
+        return endpoint_id
+    assert endpoint_id.endswith("/auto-segment"), endpoint_id
+    return "fal-ai/sam2/auto-segment"
+
+
 def published_output_fields(endpoint_id: str) -> set:
-    entry = VECTORS["endpoints"][endpoint_id]
+    entry = VECTORS["endpoints"][fal_endpoint_of(endpoint_id)]
     if "output_fields" not in entry:  # an alias: "Sam31ImageRleOutput = SAM3RLEOutput"
         alias = {"SAM3RLEOutput": "fal-ai/sam-3/image-rle", "Sam3ImageOutput": "fal-ai/sam-3/image"}
         entry = VECTORS["endpoints"][next(v for k, v in alias.items() if k in entry["output"])]
@@ -66,7 +74,7 @@ class Sam3Server:
         endpoint_id = request.match_info["tail"]
         body = await request.json()
         self.received.append((endpoint_id, body))
-        errors = sam3_schemas.validator_for(endpoint_id)(body)
+        errors = sam3_schemas.validator_for(fal_endpoint_of(endpoint_id))(body)
         if errors:
             return web.json_response({"detail": errors}, status=422)
         output = self.answer(endpoint_id, body, self.store)
