@@ -238,3 +238,30 @@ def test_a_config_section_with_app_sends_jobs_to_the_deployed_pack_with_the_fal_
                                 "studio-fal")
         received = [endpoint for endpoint, _body in server.received]
     assert received == ["me/samkit/auto-segment"] and masks.shape == (1, H, W)
+
+
+def test_cancel_timeout_and_key_work_as_on_the_other_remote_nodes(monkeypatch, caplog):
+    import threading
+
+    from comfyui_sam_kit.samkit.fal.errors import FalTimeoutError
+    from testsupport.fal_host import FakeComfyHost, InterruptProcessingException
+    from testsupport.fal_server import wait_until
+
+    caplog.set_level("DEBUG")
+    host = FakeComfyHost(monkeypatch)
+    args = (_image(b=2), "sam-3 (masks)", "cat", "[[0,0,0,0]]", "[[0,0]]", "[0]", 3, "fal")
+    with serve_sam3(_sam3_answer()) as server:
+        _use(monkeypatch, server)
+        server.hold = True
+        watcher = threading.Thread(target=lambda: (wait_until(lambda: server.stages.count("submit") == 2,
+                                                              what="both submits"), host.interrupt()))
+        watcher.start()
+        with pytest.raises(InterruptProcessingException):
+            SamKitFalSAM3().run(*args)
+        watcher.join()
+        assert server.stages.count("cancel") == 2 and any(t.startswith("SAM 3 (fal)") for t in host.texts)
+        with pytest.raises(FalTimeoutError, match="did not finish within 1 s and was cancelled"):
+            SamKitFalSAM3().run(*args[:-1], "fal", timeout=1)
+        assert server.stages.count("cancel") == 4
+    secret = SERVER_KEY.split(":")[1]
+    assert caplog.text and secret not in caplog.text and secret not in repr(SamKitFalSAM3.INPUT_TYPES())

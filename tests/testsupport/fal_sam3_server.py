@@ -52,6 +52,8 @@ class Sam3Server:
         self.jobs: dict[str, dict] = {}
         self.files: dict[str, bytes] = {}
         self.base = ""
+        #: keep every job IN_QUEUE (a busy queue), for cancel and timeout tests
+        self.hold = False
 
     def store(self, png: bytes) -> str:
         name = f"{uuid.uuid4().hex}.png"
@@ -93,7 +95,7 @@ class Sam3Server:
         if job is None:
             return web.json_response({"detail": "Request not found"}, status=404)
         job["polls"] += 1
-        if job["polls"] == 1:
+        if job["polls"] == 1 or self.hold:
             return web.json_response({"status": "IN_QUEUE", "queue_position": 0}, status=202)
         return web.json_response({"status": "COMPLETED", "logs": [], "metrics": {}})
 
@@ -103,6 +105,8 @@ class Sam3Server:
 
     async def _cancel(self, request: web.Request):
         self.stages.append("cancel")
+        if self.hold:
+            return web.json_response({"status": "CANCELLATION_REQUESTED"}, status=202)
         return web.json_response({"status": "ALREADY_COMPLETED"}, status=400)
 
     async def _file(self, request: web.Request):
