@@ -127,3 +127,29 @@ def test_bad_inputs_are_fals_422s_and_not_billed(app_url):
     assert extra.status_code == 422 and extra.json()["detail"][0]["type"] == "extra_forbidden"
     plain_http = _post(app_url, "segmentation-map", image_url="http://example.com/a.png")
     assert plain_http.status_code == 422
+
+
+def test_remote_nodes_reach_the_app_by_its_app_id(app_url, monkeypatch, tmp_path):
+    # fal.ini's [samkit-app] app = me/samkit: the remote nodes submit to fal's queue (here a loopback
+    # stand-in in front of the App) at me/samkit/<route>, with the fal key
+    from comfyui_sam_kit.nodes.fal_remote import SamKitFalTinySAM
+    from testsupport.fal_gateway import queue_gateway
+
+    key = "app-id:app-secret-0123456789"
+    config = tmp_path / "comfyui-sam-kit" / "fal.ini"
+    config.parent.mkdir()
+    config.write_text("[samkit-app]\napp = me/samkit\n")
+    for name in ("FAL_KEY_ID", "FAL_KEY_SECRET", "SAMKIT_SELF_HOSTED_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SAMKIT_FAL_CONFIG", str(config))
+    monkeypatch.setenv("FAL_KEY", key)
+    image = _image(4)
+    with queue_gateway(app_url, key) as (base, seen):
+        monkeypatch.setenv("SAMKIT_FAL_BASE_URL", base)
+        remote_image, remote_mask = SamKitFalTinySAM().run(image, 1024, 0.0, "[[0,0,0,0]]", "[[25,20]]", "[1]",
+                                                           "samkit-app")
+    local_image, local_mask, _o, _b = SamKitTinySAM().run(small_model(), image, 1024, 0.0, 0.9, "[[0,0,0,0]]",
+                                                          "[[25,20]]", "[1]")
+    assert seen == ["me/samkit/tiny-sam"]
+    assert local_mask.any() and torch.equal(remote_mask, local_mask)
+    assert (remote_image - local_image).abs().max() <= 0.5 / 255 + 1e-6
