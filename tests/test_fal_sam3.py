@@ -265,3 +265,11 @@ def test_cancel_timeout_and_key_work_as_on_the_other_remote_nodes(monkeypatch, c
         assert server.stages.count("cancel") == 4
     secret = SERVER_KEY.split(":")[1]
     assert caplog.text and secret not in caplog.text and secret not in repr(SamKitFalSAM3.INPUT_TYPES())
+
+
+def test_normalised_boxes_are_scaled_to_the_input_and_kept_inside_it():
+    from comfyui_sam_kit.samkit.fal.sam3_remote import _box
+
+    # fal's [cx, cy, w, h] of a box half outside the left edge: clipped to the image, not negative
+    assert _box(np.zeros((H, W), bool), [0.0, 0.5, 0.5, 0.25], 0.5) == {"x": 0, "y": 18, "width": 16, "height": 12,
+                                                                         "score": 0.5}

@@ -162,6 +162,7 @@ class SamKitApp(fal.App, name="samkit"):
             except FalError as exc:
                 raise HTTPException(422, [{"loc": ["body", "image_url"], "msg": f"Could not load image: {exc}",
                                            "type": "value_error"}], headers={"x-fal-billable-units": "0"}) from None
+            # the decoder reads the bytes' own format (images.decode_image_bytes); the label is only the URI's shape
             arguments["image_url"] = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
         return arguments
 

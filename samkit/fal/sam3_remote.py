@@ -75,8 +75,9 @@ def _box(mask: np.ndarray, normalised: Optional[list], score: Optional[float]) -
     h, w = mask.shape
     if normalised is not None:
         cx, cy, bw, bh = normalised
-        box = {"x": int(round((cx - bw / 2) * w)), "y": int(round((cy - bh / 2) * h)),
-               "width": int(round(bw * w)), "height": int(round(bh * h))}
+        x0, y0 = min(max(int(round((cx - bw / 2) * w)), 0), w - 1), min(max(int(round((cy - bh / 2) * h)), 0), h - 1)
+        x1, y1 = min(int(round((cx + bw / 2) * w)), w), min(int(round((cy + bh / 2) * h)), h)  # kept inside the image
+        box = {"x": x0, "y": y0, "width": max(x1 - x0, 1), "height": max(y1 - y0, 1)}
     else:
         ys, xs = np.nonzero(mask)
         if not len(xs):
