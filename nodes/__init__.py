@@ -14,7 +14,7 @@ from . import comfy_bridge
 
 log = logging.getLogger("comfyui-sam-kit")
 
-NODE_MODULES = ("model_loader", "seg_map", "segment_picker", "tiny_sam", "fal_remote")
+NODE_MODULES = ("model_loader", "seg_map", "segment_picker", "tiny_sam", "fal_remote", "fal_sam3")
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}

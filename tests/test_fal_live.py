@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from comfyui_sam_kit.nodes.fal_remote import SamKitFalSegmentationMap, SamKitFalTinySAM
+from comfyui_sam_kit.nodes.fal_sam3 import SamKitFalSAM3
 
 pytestmark = [
     pytest.mark.live,
@@ -47,3 +48,15 @@ def test_segmentation_map_on_fal_covers_the_objects(monkeypatch):
     seg_map, coverage = SamKitFalSegmentationMap().run(image, "fal", timeout=300)
     assert seg_map.shape == (1, 256, 320, 3) and coverage.shape == (1, 256, 320)
     assert coverage[0][disc].float().mean() > 0.5
+
+
+@pytest.mark.parametrize("job", ["sam-3 (masks)", "sam-3 (rle)"])
+def test_sam3_on_fal_finds_the_boxed_disc_as_mask_image_and_as_rle(monkeypatch, job):
+    # the RLE job checks this pack's reading of fal's "Kaggle/COCO order" RLE against the real service
+    monkeypatch.delenv("SAMKIT_FAL_BASE_URL", raising=False)
+    image, disc = _scene()
+    masks, union, boxes = SamKitFalSAM3().run(image, job, "", "[[48,76,104,104]]", "[[0,0]]", "[0]", 3, "fal",
+                                              timeout=300)
+    assert masks.shape[1:] == (256, 320) and len(boxes[0]) >= 1
+    inter = (masks[0].bool() & disc).sum()
+    assert inter / (masks[0].bool() | disc).sum() > 0.5, "the boxed disc is not the first object's mask"

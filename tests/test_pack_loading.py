@@ -14,6 +14,7 @@ EXPECTED_NODES = {
     "SamKitTinySAM",
     "SamKitFalTinySAM",
     "SamKitFalSegmentationMap",
+    "SamKitFalSAM3",
 }
 
 

@@ -307,12 +307,16 @@ def segmentation_map_controlnet(info: dict, remote: bool = False) -> Graph:
     return g
 
 
-def tiny_sam_inpaint(info: dict, remote: bool = False) -> Graph:
-    g = Graph("Tiny SAM (fal) -> inpaint" if remote else "Tiny SAM -> inpaint", info)
+def tiny_sam_inpaint(info: dict, remote: bool = False, sam3: bool = False) -> Graph:
+    g = Graph("SAM 3 (fal) -> inpaint" if sam3 else "Tiny SAM (fal) -> inpaint" if remote else "Tiny SAM -> inpaint", info)
     image = g.node("LoadImage", (0, 80), image=EXAMPLE_IMAGE)
     # two clicks on the house (wall and roof) and one on the car, which must stay out of the mask
     prompts = dict(box_prompt="[[0,0,0,0]]", point_prompt="[[175,360],[235,215],[600,420]]", point_label="[1,1,0]")
-    if remote:
+    if sam3:  # the house by name; the click on the car keeps it out
+        tiny = g.node("SamKitFalSAM3", (380, 80), size=TINY_SAM_SIZE, inputs={"image": image.out("IMAGE")},
+                      **_remote_widgets(info, "SamKitFalSAM3", {**prompts, "prompt": "house", "job": "sam-3 (masks)"}))
+        sam_nodes = [tiny]
+    elif remote:
         tiny = g.node("SamKitFalTinySAM", (380, 80), size=TINY_SAM_SIZE, inputs={"image": image.out("IMAGE")},
                       **_remote_widgets(info, "SamKitFalTinySAM", prompts))
         sam_nodes = [tiny]
@@ -321,7 +325,10 @@ def tiny_sam_inpaint(info: dict, remote: bool = False) -> Graph:
         tiny = g.node("SamKitTinySAM", (380, 240), size=TINY_SAM_SIZE,
                       inputs={"model": loader.out("model"), "image": image.out("IMAGE")}, **prompts)
         sam_nodes = [loader, tiny]
-    preview = g.node("PreviewImage", (760, 80), title="What Tiny SAM found", inputs={"images": tiny.out("image")})
+    if sam3:
+        preview = g.node("MaskPreview", (760, 80), title="What SAM 3 found", inputs={"mask": tiny.out("mask")})
+    else:
+        preview = g.node("PreviewImage", (760, 80), title="What Tiny SAM found", inputs={"images": tiny.out("image")})
     grow = g.node("GrowMask", (760, 460), expand=12, tapered_corners=True, inputs={"mask": tiny.out("mask")})
     feather = g.node("FeatherMask", (760, 600), left=16, top=16, right=16, bottom=16, inputs={"mask": grow.out(0)})
 
@@ -335,7 +342,9 @@ def tiny_sam_inpaint(info: dict, remote: bool = False) -> Graph:
     save = g.node("SaveImage", (2260, 80), filename_prefix="samkit_inpaint", inputs={"images": paste.out(0)})
 
     g.note(
-        "Tiny SAM cuts out what you click: point_prompt [[x, y], ...] in pixels of the image, point_label 1 for "
+        ("SAM 3 (fal) finds objects by name: prompt 'house' (fal-ai/sam-3/image, $0.005 per request on fal's "
+         "page); clicks and boxes work as on Tiny SAM, and a box is one object.\n\n" if sam3 else "")
+        + "Tiny SAM cuts out what you click: point_prompt [[x, y], ...] in pixels of the image, point_label 1 for "
         "'this object' and 0 for 'not this'; or box_prompt [[x, y, width, height]]. The example clicks the wall and "
         "roof of the house in SAM Kit's docs/images/example.png and excludes the car. Set your own on the node's "
         "image: click = this, right-click = not this, drag = box.\n\n"
@@ -397,9 +406,10 @@ WORKFLOWS = {
     "tiny_sam_background_replace.json": lambda info: tiny_sam_background_replace(info),
     "fal_sam_segmentation_map_controlnet.json": lambda info: segmentation_map_controlnet(info, remote=True),
     "fal_tiny_sam_inpaint.json": lambda info: tiny_sam_inpaint(info, remote=True),
+    "fal_sam3_inpaint.json": lambda info: tiny_sam_inpaint(info, remote=True, sam3=True),
 }
 REMOTE_NODES = {"fal_sam_segmentation_map_controlnet.json": "SamKitFalSegmentationMap",
-                "fal_tiny_sam_inpaint.json": "SamKitFalTinySAM"}
+                "fal_tiny_sam_inpaint.json": "SamKitFalTinySAM", "fal_sam3_inpaint.json": "SamKitFalSAM3"}
 
 
 def build_all(object_info: dict) -> dict[str, dict]:

@@ -14,6 +14,8 @@ The client (httpx):
 * ``keys``: where jobs go (fal or a self-hosted server) and the key, read from the machine.
 * ``schemas``: the inputs and outputs of ``fal-ai/tiny-sam`` and ``fal-ai/image-preprocessors/sam``.
 * ``remote``: the remote nodes' jobs (a batch of images in, IMAGE/MASK tensors out).
+* ``sam3_schemas``, ``rle``, ``sam3_remote``: fal's current SAM endpoints (``sam-3/image`` and
+  its RLE / 3.1 twins, ``sam2/auto-segment``): schemas, RLE decoding, the SAM 3 (fal) node's job.
 
 The self-hosted fal-compatible server (aiohttp), ``python -m samkit serve --help``:
 
@@ -27,4 +29,6 @@ The self-hosted fal-compatible server (aiohttp), ``python -m samkit serve --help
 * ``web_edges``: CORS, and the public URL behind a TLS front (trusted forwarded headers).
 * ``hosting``: running it in the foreground or on a background thread.
 * ``cli``: ``python -m samkit serve``.
+
+The same handlers on fal's serverless GPUs: ``app`` (a ``fal.App``; needs the ``fal`` SDK).
 """

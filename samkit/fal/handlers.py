@@ -62,3 +62,33 @@ def segmentation_map_handler(model, settings=None, seed: int = 0) -> Handler:
 
     return handle
 
+
+
+def auto_segment_handler(model, settings=None, seed: int = 0) -> Handler:
+    """``fal-ai/sam2/auto-segment``'s job → ``samkit.segmap.segmentation_map`` with the request's
+    grid and thresholds over ``settings`` (the rest: NMS, crops, batch size); answers
+    ``(combined_mask, [segment masks])``, uint8 ``[H,W]`` arrays (0/255), largest segment first.
+    Used by the fal App (``app.py``); the self-hosted server does not serve this endpoint."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from ..automask import AutoMaskSettings
+    from ..segmap import segmentation_map
+
+    lock = model_lock(model)
+    base = settings or AutoMaskSettings()
+
+    def handle(arguments: dict, ctx: JobContext):
+        image = ctx.image()
+        fields = ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "min_mask_region_area")
+        job_settings = replace(base, **{k: arguments[k] for k in fields if k in arguments})
+        ctx.log(f"auto-segment with {model.name} on a {image.shape[2]}x{image.shape[1]} image")
+        with lock:
+            result = segmentation_map(model, image, job_settings, seed, segment_masks=True)
+        count = result.counts[0]
+        ctx.log(f"{count} segment(s)")
+        masks = [(m > 0.5).to("cpu").numpy().astype(np.uint8) * 255 for m in result.segments[:count]]
+        return (result.coverage[0] > 0.5).to("cpu").numpy().astype(np.uint8) * 255, masks
+
+    return handle

@@ -10,7 +10,12 @@ send the user's key to a server of its author's choosing.
     ``key`` (or ``key_id`` + ``key_secret``) in ``[fal]`` of the config file.
 self-hosted servers (``python -m samkit serve``)
     every other section of the config file that has a ``base_url`` is a target named after the
-    section; its ``key`` (a key from the server's ``--key-file``) is optional. The environment
+    section; its ``key`` (a key from the server's ``--key-file``) is optional.
+the pack deployed as a fal App (``fal deploy``, see ``samkit/fal/app.py``)
+    a section with ``app = <owner>/<app-name>`` (the id ``fal deploy`` printed) is a target whose
+    jobs go to that app's endpoints on fal's queue (:data:`.schemas.APP_ROUTES`). Without a
+    ``base_url`` it is fal's queue and fal's key (the app runs on the user's own fal account);
+    with one, the section's own ``key``. The environment
     variables ``SAMKIT_SELF_HOSTED_URL`` / ``SAMKIT_SELF_HOSTED_KEY`` define one more target,
     ``self-hosted``. A fal key is never sent to a self-hosted server.
 
@@ -24,6 +29,9 @@ host's user folder (when the host registers one with :func:`set_config_dir_provi
     [studio]
     base_url = https://gpu-box.example.com:8765
     key = a-key-from-the-servers-key-file
+
+    [studio-fal]
+    app = your-fal-user/samkit
 
 It is refused inside the pack's own folder, where a ``git add`` or a shared copy of the pack
 would take it along.
@@ -41,6 +49,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Optional
+
+from .schemas import APP_ROUTES, AppId
 
 DEFAULT_QUEUE_BASE = "https://queue.fal.run"
 FAL_TARGET = "fal"
@@ -109,9 +119,23 @@ class Target:
     key: Optional[FalKey]
     url_source: str
     auth_hint: str = ""
+    #: ``owner/app`` of the pack deployed as a fal App (``app`` in the section), else None
+    app: Optional[str] = None
 
     def __repr__(self) -> str:
-        return f"Target({self.name!r}, {self.base_url!r} from {self.url_source}, key={self.key!r})"
+        app = f", app {self.app!r}" if self.app else ""
+        return f"Target({self.name!r}, {self.base_url!r} from {self.url_source}{app}, key={self.key!r})"
+
+    def endpoint_id(self, fal_endpoint: str) -> str:
+        """The endpoint id to submit to: fal's own id, or the deployed app's route for it.
+        Raises :class:`KeyConfigError` when the deployed app does not serve that job."""
+        if self.app is None:
+            return fal_endpoint
+        if fal_endpoint not in APP_ROUTES:
+            served = ", ".join(APP_ROUTES)
+            raise KeyConfigError(f"endpoint {self.name!r} is the pack's fal App {self.app}, which serves {served}; "
+                                 f"it does not serve {fal_endpoint}. Choose endpoint 'fal' for that job.")
+        return f"{self.app}/{APP_ROUTES[fal_endpoint]}"
 
 
 def set_config_dir_provider(provider: Optional[Callable[[], Optional[str]]]) -> None:
@@ -213,9 +237,28 @@ def list_targets(env: Mapping[str, str] | None = None) -> list[str]:
     except KeyConfigError:
         return names
     for section in parser.sections():
-        if section != FAL_TARGET and section not in names and parser[section].get("base_url", "").strip():
+        if section != FAL_TARGET and section not in names and _is_target(parser, section):
             names.append(section)
     return names
+
+
+def _is_target(parser: configparser.ConfigParser, section: str) -> bool:
+    s = parser[section]
+    return bool(s.get("base_url", "").strip() or s.get("app", "").strip())
+
+
+def _app_of(parser: configparser.ConfigParser, section: str, where: str) -> Optional[str]:
+    app = parser[section].get("app", "").strip().strip("/")
+    if not app:
+        return None
+    try:
+        parsed = AppId.parse(app)
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.path:
+        raise KeyConfigError(f"[{section}] app in {where} must be the id 'fal deploy' printed, owner/app-name "
+                             f"(e.g. your-fal-user/samkit), got {app!r}")
+    return parsed.endpoint_id
 
 
 def resolve_target(name: str = FAL_TARGET, env: Mapping[str, str] | None = None) -> Target:
@@ -249,9 +292,17 @@ def resolve_target(name: str = FAL_TARGET, env: Mapping[str, str] | None = None)
             key = FalKey(env["SAMKIT_SELF_HOSTED_KEY"], "environment variable SAMKIT_SELF_HOSTED_KEY")
         else:
             key = _section_key(parser, name, where)
-    elif parser.has_section(name) and name != FAL_TARGET and parser[name].get("base_url", "").strip():
+    elif parser.has_section(name) and name != FAL_TARGET and _is_target(parser, name):
+        app = _app_of(parser, name, where)
+        if app is not None and not parser[name].get("base_url", "").strip():
+            # the pack deployed on the user's own fal account: fal's queue, fal's key
+            fal = resolve_target(FAL_TARGET, env)
+            return Target(name, fal.base_url, fal.key, fal.url_source, fal.auth_hint, app)
         base, source = parser[name]["base_url"].strip(), f"[{name}] base_url in {where}"
         key = _section_key(parser, name, where)
+        if app is not None:
+            hint = f"Check the key ([{name}] key in {where})." if key else f"Add key = ... to [{name}] in {where}."
+            return Target(name, base, key, source, hint, app)
     else:
         known = ", ".join(list_targets(env))
         raise KeyConfigError(

@@ -27,7 +27,7 @@ import queue
 import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -198,18 +198,44 @@ class _Board:
         return f"{self.label}: {done}/{self.count} done, {running} running, {self.count - done - running} waiting"
 
 
+def fetch_image_output(output, request_id: str, downloader: ResultDownloader, endpoint_id: str,
+                       target: Target) -> RemoteImage:
+    """The one result image of a tiny-sam / seg map answer, downloaded and decoded."""
+    try:
+        ref = schemas.parse_image_output(output)
+    except ValueError as exc:
+        raise answer_error(endpoint_id, request_id, exc, output, target) from None
+    return decode_result(downloader.fetch(ref.url, request_id), request_id)
+
+
+def answer_error(endpoint_id: str, request_id: str, exc: Exception, output, target: Target) -> FalError:
+    """A result that is not the endpoint's output shape, with the server's own message if it sent one."""
+    said = reason(output)  # an error payload sent with HTTP 200
+    said = f"; the server said: {redact(said, target.key)}" if said else ""
+    return FalError(f"{endpoint_id}: request {request_id}: {exc}{said}", request_id=request_id)
+
+
 def run_batch(endpoint_id: str, arguments: list[dict], *, target: Target, timeout: float,
-              label: str) -> list[RemoteImage]:
+              label: str, collect: Optional[Callable] = None) -> list:
     """Run one request per argument dict concurrently; results in order.
 
     ComfyUI's Cancel (``runtime.interrupted()``) cancels every request in flight, then raises
     the host's interrupt. If one request fails (a timeout included), the others are cancelled
     and the first error is raised, saying how many images had finished. Back-pressure (429)
     is waited out inside each request's timeout (see :mod:`.polling`).
+
+    ``collect(output, request_id, downloader)`` turns one answer into the caller's result (on a
+    worker thread, with the key-free downloader); the default is the one output image
+    (:func:`fetch_image_output`). ``endpoint_id`` is fal's id; a target that is the pack's
+    deployed fal App sends it to that app's route (:meth:`.keys.Target.endpoint_id`).
     """
+    endpoint_id = target.endpoint_id(endpoint_id)
+    if collect is None:
+        def collect(output, request_id, downloader):
+            return fetch_image_output(output, request_id, downloader, endpoint_id, target)
     board = _Board(len(arguments), label)
     stop = threading.Event()
-    results: list[Optional[RemoteImage]] = [None] * len(arguments)
+    results: list = [None] * len(arguments)
 
     def job(i: int, client: FalClient, downloader: ResultDownloader) -> None:
         def post(update: Update) -> None:
@@ -217,15 +243,8 @@ def run_batch(endpoint_id: str, arguments: list[dict], *, target: Target, timeou
 
         request_id, output = client.run(endpoint_id, arguments[i], timeout=timeout, should_stop=stop.is_set,
                                         on_update=post)
-        try:
-            ref = schemas.parse_image_output(output)
-        except ValueError as exc:
-            said = reason(output)  # an error payload sent with HTTP 200
-            said = f"; the server said: {redact(said, target.key)}" if said else ""
-            raise FalError(f"{endpoint_id}: request {request_id}: {exc}{said}", request_id=request_id) from None
         post(Update(request_id, "DOWNLOADING"))
-        data = downloader.fetch(ref.url, request_id)
-        results[i] = decode_result(data, request_id)
+        results[i] = collect(output, request_id, downloader)
         post(Update(request_id, "DONE"))
 
     interrupted = False

@@ -29,6 +29,11 @@ from ..tiny_sam_params import CONFIDENCE, NO_BOX, NO_LABEL, NO_POINT, SIZE
 TINY_SAM = "fal-ai/tiny-sam"
 SEGMENTATION_MAP = "fal-ai/image-preprocessors/sam"
 ENDPOINT_IDS = (TINY_SAM, SEGMENTATION_MAP)
+#: fal's everything-mode endpoint; its shapes are in :mod:`.sam3_schemas`
+SAM2_AUTO_SEGMENT = "fal-ai/sam2/auto-segment"
+#: the routes of the pack deployed as a fal App (``samkit/fal/app.py``): fal's endpoint id →
+#: the path under ``<owner>/<app>``, answered with that endpoint's schema
+APP_ROUTES = {TINY_SAM: "tiny-sam", SEGMENTATION_MAP: "segmentation-map", SAM2_AUTO_SEGMENT: "auto-segment"}
 
 #: fal toolkit's limits for image inputs (``fal/toolkit/types.py``)
 MAX_DATA_URI_CHARS = 10 * 1024 * 1024
