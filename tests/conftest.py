@@ -41,6 +41,23 @@ import torch  # noqa: E402
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+class _RepoRootIsAFolder:
+    """The repo root holds ComfyUI's ``__init__.py`` and is cloned as ``comfyui-sam-kit``, not a
+    Python name: collected as a package, pytest imports that file as a lone module, and its relative
+    imports fail before any test runs. Collect the root as a plain folder; only ComfyUI imports it.
+    A global plugin, because conftest hooks never apply to the folder above their own."""
+
+    @staticmethod
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collect_directory(path, parent):
+        return pytest.Dir.from_parent(parent, path=path) if path == ROOT else None
+
+
+def pytest_configure(config):
+    if not config.pluginmanager.has_plugin("samkit-repo-root"):
+        config.pluginmanager.register(_RepoRootIsAFolder(), "samkit-repo-root")
+
+
 @pytest.fixture(autouse=True)
 def _isolated_model_dir(tmp_path, monkeypatch):
     """Each test gets its own model folder; nothing reads or writes the user's."""
