@@ -1,9 +1,10 @@
 """Everything mode on the trained SAM fixture: ground-truth quality, and speed against the reference.
 
     python -m bench.quality                    # quality table on the held-out scenes (a few minutes)
-    python -m bench.quality --quick            # the tests' six small scenes, 16x16 points (~1 minute)
+    python -m bench.quality --quick            # the tests' eight small scenes, 16x16 points (~1 minute)
     python -m bench.quality --speed            # pack vs SamAutomaticMaskGenerator, alternating runs
     python -m bench.quality --speed --profile  # plus where the pack's time goes, stage by stage
+    python -m bench.quality --speed --quick    # a smoke run: one 256x256 scene, 16x16 points, one round
 
 Quality: each segmenter of ``segmenters()`` on held-out shape scenes with exact ground truth
 (``tests/testsupport/ground_truth.py``): recall of the shapes at IoU >= 0.7 and mean IoU of the
@@ -118,7 +119,8 @@ STAGES = {
     "mask upscaling (low-res logits)": [("point_decoder.py", "masks_for")],
     "upsampling to full size": [("automask.py", "_upsample")],
     "stability score": [("automask.py", "_stability_score")],
-    "boxes of full-size masks": [("amg.py", "batched_mask_to_box")],
+    # (_mask_boxes: the same boxes from the logits' row and column maxima, if automask has it)
+    "boxes of full-size masks": [("amg.py", "batched_mask_to_box"), ("automask.py", "_mask_boxes")],
     "box NMS": [("boxes.py", "batched_nms")],
     "final masks: upsample + compact packing": [("automask.py", "_full_masks")],
     "small-region clean-up": [("automask.py", "_postprocess_small_regions")],
@@ -160,7 +162,8 @@ def profile(model, image: np.ndarray, settings: AutoMaskSettings) -> tuple[float
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="the tests' six small scenes at 16x16 points")
+    parser.add_argument("--quick", action="store_true",
+                        help="the tests' scenes at 16x16 points (with --speed: one small scene, one round)")
     parser.add_argument("--speed", action="store_true", help="time the pack against the reference instead")
     parser.add_argument("--profile", action="store_true", help="with --speed: the pack's time stage by stage")
     parser.add_argument("--rounds", type=int, default=3, help="--speed: alternating rounds (default 3)")
@@ -171,9 +174,9 @@ def main(argv=None) -> int:
     model = loader.load_model(str(TRAINED_SAM_PATH), device="cpu", precision="fp32")
     env = common.environment()
     if args.speed:
-        spec = gt.BENCH_SCENES[0]
+        spec, s = (gt.QUALITY_SCENES[0], QUICK_SETTINGS) if args.quick else (gt.BENCH_SCENES[0], SETTINGS)
         scene = gt.quality_scene(spec)
-        s = SETTINGS
+        args.rounds = 1 if args.quick else args.rounds
         print(f"# speed: trained SAM fixture, held-out scene {spec.width}x{spec.height} with {len(scene)} shapes, "
               f"{s.points_per_side}x{s.points_per_side} points, pred_iou {s.pred_iou_thresh}, stability "
               f"{s.stability_score_thresh}; {env}")
