@@ -77,7 +77,12 @@ def pack_segmenter(model, settings: AutoMaskSettings, **options) -> gt.Segmenter
 
 
 def segmenters(model, settings: AutoMaskSettings) -> dict[str, gt.Segmenter]:
-    """What is measured, by name: one line per way of segmenting everything."""
+    """What is measured, by name: one line per way of segmenting everything.
+
+    A sampling mode is one more line, e.g. ``"seg map, hierarchical": pack_segmenter(model, settings,
+    sampling="hierarchical")``, with the FastSAM fixture (``testsupport.trained_fastsam``) as the
+    object-aware mode's proposals.
+    """
     return {
         "seg map, grid": pack_segmenter(model, settings),
         "SamAutomaticMaskGenerator": gt.reference_segmenter(model.runner, **settings.reference_kwargs()),

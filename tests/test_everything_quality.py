@@ -25,7 +25,8 @@ from testsupport.trained import EVERYTHING_SETTINGS, TRAINED_SAM_PATH
 SETTINGS = AutoMaskSettings(**EVERYTHING_SETTINGS)
 
 #: each way of segmenting everything: the seg map's extra arguments (a function, so a mode that
-#: needs a second model loads it only when it runs). A sampling mode is one more line here.
+#: needs a second model loads it only when it runs). A sampling mode is one more line here, e.g.
+#: "hierarchical": lambda: {"sampling": "hierarchical"}; it is then held to the grid's recall too.
 MODES = {
     "grid": lambda: {},
 }
