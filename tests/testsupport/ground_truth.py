@@ -110,6 +110,8 @@ class Quality:
 
 
 def measure(segmenter: Segmenter, scenes: Sequence[Scene], name: str = "") -> Quality:
+    """Run ``segmenter`` on each scene and score it against the shapes; ``ValueError`` (from
+    ``as_bool_masks``) when it returns masks of another size than the image."""
     best, per_scene, segments, seconds = [], [], 0, 0.0
     for scene in scenes:
         t0 = time.perf_counter()
