@@ -13,6 +13,8 @@ painting and outputs) against ``SamAutomaticMaskGenerator.generate`` on the same
 the held-out 640x480 eight-shape scene, 32x32 points, pred_iou 0.5, stability 0.7; wall and CPU
 (process) time of each side, alternating so a drift in machine load hits both alike. On a shared
 machine the CPU-time ratio moves much less than the wall-time one; ``--threads 1`` steadier still.
+On a loaded machine set ``OMP_WAIT_POLICY=PASSIVE`` for runs with several threads: spinning OpenMP
+threads otherwise multiply the pack's time (its operations are many and small; README, Benchmarks).
 
 The fixture is a tiny SAM (256 px ViT, 3 blocks): its encoder costs almost nothing, so this measures
 the prompt decoding and post-processing that everything mode adds, where the full-size
