@@ -196,6 +196,9 @@ TEST_TREE_USERS = {
     # the GPU check runs the very cells of the CI device x precision matrix (and the trained
     # fixtures) on CUDA; a copy of them in bench/ could drift from what CI checks
     "bench/gpu_check.py": "runs tests/testsupport/precision_matrix.py's cells on a GPU",
+    # ground-truth quality is measured on the trained fixtures' held-out scenes, whose exact masks
+    # (testsupport/ground_truth.py) are what tests/test_everything_quality.py holds each mode to
+    "bench/quality.py": "measures the trained SAM fixture on testsupport/ground_truth.py's scenes",
 }
 
 
