@@ -66,7 +66,7 @@ def install() -> bool:
         try:
             answer = await asyncio.get_running_loop().run_in_executor(pool, previewer.preview, body)
         except PreviewError as exc:
-            return web.json_response({"error": exc.message}, status=exc.status)
+            return web.json_response({"error": exc.message, "retry": exc.retry}, status=exc.status)
         except Exception as exc:  # a bug or a library failure: the log has the trace, the editor a line
             log.exception("SAM Kit: preview failed")
             return web.json_response({"error": f"preview failed: {type(exc).__name__}: {exc}"[:500]}, status=500)

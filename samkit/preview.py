@@ -68,12 +68,14 @@ WAIT_S = 10.0
 
 
 class PreviewError(Exception):
-    """A refused or failed preview: ``message`` for the editor, ``status`` for HTTP."""
+    """A refused or failed preview: ``message`` for the editor, ``status`` for HTTP; ``retry``: the same
+    request may succeed later unchanged (the host was busy), so the editor asks again."""
 
-    def __init__(self, message: str, status: int = 400):
+    def __init__(self, message: str, status: int = 400, retry: bool = False):
         super().__init__(message)
         self.message = message
         self.status = status
+        self.retry = retry
 
 
 def _text(value, name: str, limit: int = 4096) -> str:
@@ -167,13 +169,13 @@ class Previewer:
         key = _text(body.get("node", ""), "node", 200)
         number = self._take_number(key)
         if not self._work.acquire(timeout=self.wait_s):
-            raise PreviewError(f"the preview is busy (another preview ran over {self.wait_s:g} s); try again", 503)
+            raise PreviewError(f"the preview is busy (another preview ran over {self.wait_s:g} s)", 503, retry=True)
         try:
             if self._superseded(key, number):
                 return {"superseded": True}
             reason = self.busy()
             if reason:
-                raise PreviewError(f"preview paused: {reason}", 409)
+                raise PreviewError(f"preview paused: {reason}", 409, retry=True)
             return self._run(body)
         finally:
             self._work.release()

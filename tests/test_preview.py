@@ -181,7 +181,7 @@ def test_work_is_bounded(setup):
         previewer(folders).preview(body(point_prompt=[[10, 10]], point_label=[1, 0]))
     with pytest.raises(PreviewError) as err:
         previewer(folders, busy=lambda: "a workflow is running").preview(body(point_prompt=[[10, 10]], point_label=[1]))
-    assert err.value.status == 409 and "a workflow is running" in err.value.message
+    assert err.value.status == 409 and err.value.retry and "a workflow is running" in err.value.message
 
 
 def test_no_prompt_and_sam_background_points_run_nothing(setup):
