@@ -71,7 +71,8 @@ def masks_of(answer) -> np.ndarray:
     for i, obj in enumerate(answer["objects"]):
         x0, y0, x1, y1 = obj["box"]
         with Image.open(io.BytesIO(base64.b64decode(obj["png"]))) as im:
-            crop = np.asarray(im.convert("L")) > 0
+            assert im.mode == "P" and im.getpalette()[3:6] == obj["colour"] and im.info["transparency"] == 0
+            crop = np.asarray(im) > 0  # palette indices: 1 = mask, in its colour; 0 transparent
         assert crop.shape == (y1 - y0 + 1, x1 - x0 + 1)
         out[i, y0 : y1 + 1, x0 : x1 + 1] = crop
     return out

@@ -52,6 +52,7 @@ ADD_MASK_SAVE = """([id, model, widgets]) => {
   const loader = sam.getInputNode(sam.inputs.findIndex((i) => i.name === "model"));
   loader.widgets.find((w) => w.name === "model_name").value = model;
   for (const [name, value] of Object.entries(widgets)) sam.widgets.find((w) => w.name === name).value = value;
+  sam.setSize([Math.max(sam.size[0], 480), Math.max(sam.size[1], 800)]);  // a larger editor: clearer screenshots
   const add = (type, x, y) => { const n = LiteGraph.createNode(type); n.pos = [x, y]; app.graph.add(n); return n; };
   const toImage = add("MaskToImage", 1500, 400);
   const save = add("SaveImage", 1800, 400);
@@ -93,7 +94,7 @@ def masks_of(answer) -> np.ndarray:
     for i, obj in enumerate(answer["objects"]):
         x0, y0, x1, y1 = obj["box"]
         with Image.open(io.BytesIO(base64.b64decode(obj["png"]))) as im:
-            out[i, y0 : y1 + 1, x0 : x1 + 1] = np.asarray(im.convert("L")) > 0
+            out[i, y0 : y1 + 1, x0 : x1 + 1] = np.asarray(im) > 0  # palette indices: 1 = mask
     return out
 
 
@@ -162,18 +163,21 @@ def test_preview_follows_clicks_and_boxes_and_matches_the_queued_run(page, model
     assert masks_of(answer).any(axis=0)[first[1], first[0]], "the preview does not cover the clicked pixel"
     check_overlay(page, node, answer, scene.image, [first])
 
-    page.mouse.click(*shown.at(*second), button="right")
-    state = wait_for_preview(page, node, "the preview did not follow the negative click")
-    assert json.loads(state["prompts"][2]) == [1, 0]
     x0, y0, x1, y1 = scene.boxes_xyxy[2].tolist()
     drag(page, shown.at(x0 - 2, y0 - 2), shown.at(x1 + 2, y1 + 2))
     wait_for_preview(page, node, "the preview did not follow the box")
     answer = shown_answer(page, node)
-    masks = masks_of(answer)
-    assert masks.any(axis=0)[third[1], third[0]], "the preview does not cover the boxed shape"
-    check_overlay(page, node, answer, scene.image, [first, second], json.loads(widget_values(page, node)["box_prompt"]))
-    if artifacts_dir is not None:
+    assert masks_of(answer).any(axis=0)[third[1], third[0]], "the preview does not cover the boxed shape"
+    check_overlay(page, node, answer, scene.image, [first], json.loads(widget_values(page, node)["box_prompt"]))
+    if artifacts_dir is not None:  # the README's picture (docs/images/live_preview.png)
         page.screenshot(path=str(artifacts_dir / f"live_preview_{page.frontend}_{model_name}.png"), clip=node_clip(page, node))
+
+    page.mouse.click(*shown.at(*second), button="right")
+    state = wait_for_preview(page, node, "the preview did not follow the negative click")
+    assert json.loads(state["prompts"][2]) == [1, 0]
+    answer = shown_answer(page, node)
+    masks = masks_of(answer)
+    check_overlay(page, node, answer, scene.image, [first, second], json.loads(widget_values(page, node)["box_prompt"]))
 
     # the run queued now gives exactly the masks on screen
     values = widget_values(page, node)
@@ -251,7 +255,7 @@ def test_click_to_overlay_latency_mobile_sam_1024(page, mobile_sam_checkpoint, a
         warm.append(state)
     latencies = [s["latencyMs"] for s in warm]
     print(f"\n[{page.frontend}] MobileSAM architecture, 1024x1024, embedding cached: click -> overlay drawn "
-          f"median {statistics.median(latencies)} ms (each: {latencies}; server part: {[s['serverMs'] for s in warm]} ms); "
+          f"median {statistics.median(latencies)} ms (each: {latencies}; server part: {[s['serverMs'] for s in warm]} ms, of which {[s['server'] for s in warm]}); "
           f"first click (model load + encoder): {cold['latencyMs']} ms")
     settle(page)
     assert_clean_console(page)

@@ -22,6 +22,7 @@ const RETRY_MS = 1000; // the server was busy (a workflow running): ask again th
 // what the node reads besides the three prompt widgets; a link on any of them means the preview cannot know it
 const NODE_WIDGETS = ["size", "confidence", "iou"];
 const LINK_ONLY = ["bboxes", "positive_coords", "negative_coords"];
+const OFF = "samkit_preview"; // node property: false when the user switched the preview off (saved with the workflow)
 
 /** The node feeding `name` (through legacy Reroutes), or null. */
 function sourceOf(node, name) {
@@ -54,33 +55,16 @@ async function decodeMask(base64) {
   return createImageBitmap(new Blob([bytes], { type: "image/png" }));
 }
 
-/** The answer's objects as one width×height canvas: each object's colour, opaque, in paint order. */
+/** The answer's objects as one width×height canvas: each object's colour, opaque, in paint order (later on top).
+ * Each mask is a palette PNG in its colour with a transparent background, so it is drawn as it is. */
 async function paintLayer(answer) {
   const { width, height, objects } = answer;
   const bitmaps = await Promise.all(objects.map((o) => decodeMask(o.png)));
-  const layer = new ImageData(width, height);
-  const scratch = new OffscreenCanvas(1, 1).getContext("2d", { willReadFrequently: true });
-  for (const i of answer.paint_order) {
-    const [x0, y0, x1, y1] = objects[i].box;
-    const [r, g, b] = objects[i].colour;
-    const w = x1 - x0 + 1;
-    const h = y1 - y0 + 1;
-    scratch.canvas.width = w;
-    scratch.canvas.height = h;
-    scratch.drawImage(bitmaps[i], 0, 0);
-    const bits = scratch.getImageData(0, 0, w, h).data;
-    for (let y = 0; y < h; y++) {
-      let at = ((y0 + y) * width + x0) * 4;
-      for (let x = 0; x < w; x++, at += 4) {
-        if (bits[(y * w + x) * 4] > 127) {
-          layer.data[at] = r; layer.data[at + 1] = g; layer.data[at + 2] = b; layer.data[at + 3] = 255;
-        }
-      }
-    }
-  }
-  bitmaps.forEach((bitmap) => bitmap.close());
   const canvas = new OffscreenCanvas(width, height);
-  canvas.getContext("2d").putImageData(layer, 0, 0);
+  const ctx = canvas.getContext("2d");
+  ctx.imageSmoothingEnabled = false;
+  for (const i of answer.paint_order) ctx.drawImage(bitmaps[i], objects[i].box[0], objects[i].box[1]);
+  bitmaps.forEach((bitmap) => bitmap.close());
   return canvas;
 }
 
@@ -96,7 +80,27 @@ export class MaskPreview {
     this.inputAt = null; // event time of the click/drag that made the pending change
     this.state = { state: "off" };
     this.line = document.createElement("div");
-    Object.assign(this.line.style, { minHeight: "14px", overflow: "hidden", textOverflow: "ellipsis", whiteSpace: "nowrap" });
+    // a fixed height: the text comes and goes with every request, and the image above must not move
+    Object.assign(this.line.style, { height: "15px", lineHeight: "15px", flex: "none", overflow: "hidden",
+                                     textOverflow: "ellipsis", whiteSpace: "nowrap" });
+    this.toggle = document.createElement("label");
+    this.toggle.title = "Show the masks of the prompts over the image (the Tiny SAM node's own result, without a run)";
+    Object.assign(this.toggle.style, { display: "flex", alignItems: "center", gap: "2px", cursor: "pointer" });
+    this.checkbox = document.createElement("input");
+    this.checkbox.type = "checkbox";
+    this.checkbox.checked = true;
+    this.checkbox.addEventListener("change", () => {
+      const node = this.editor.node;
+      node.properties ??= {};
+      if (this.checkbox.checked) delete node.properties[OFF];
+      else node.properties[OFF] = false;
+      this.update();
+    });
+    this.toggle.append(this.checkbox, "Preview");
+  }
+
+  on() {
+    return this.editor.node.properties?.[OFF] !== false;
   }
 
   /** The time (event.timeStamp) of the pointer action that is about to change the prompts. */
@@ -108,6 +112,8 @@ export class MaskPreview {
   request(box) {
     const editor = this.editor;
     const node = editor.node;
+    this.checkbox.checked = this.on(); // the property may come from a loaded workflow or undo
+    if (!this.checkbox.checked) return { off: true };
     if (editor.error) return { error: "no preview while the prompt text cannot be shown" };
     const linked = linkedInputs(node, [...PROMPT_WIDGETS, ...NODE_WIDGETS, ...LINK_ONLY]);
     if (linked.length) return { error: `no preview: ${linked.join(", ")} linked` };
@@ -135,9 +141,9 @@ export class MaskPreview {
     this.controller?.abort();
     this.controller = null;
     if (this.shownFor !== this.editor.imageUrl) this.clear(); // another image: the old masks are wrong at once
-    if (body.error || body.empty) {
+    if (body.error || body.empty || body.off) {
       this.clear();
-      this.show(body.error ? { state: "off", message: body.error } : { state: "empty" });
+      this.show(body.error ? { state: "off", message: body.error } : { state: body.off ? "off" : "empty" });
       return;
     }
     const inputAt = this.inputAt;
@@ -185,7 +191,7 @@ export class MaskPreview {
       state: "shown", objects: count, image: body.image, prompts: PROMPT_WIDGETS.map((n) => body[n]),
       message: answer.note ?? `${count} object${count === 1 ? "" : "s"}${answer.encoded ? " · image encoded" : ""}`,
       latencyMs: inputAt != null ? Math.round(drawnAt - inputAt) : null, requestMs: Math.round(drawnAt - sentAt),
-      serverMs: answer.ms?.total ?? null,
+      serverMs: answer.ms?.total ?? null, server: answer.ms ?? null,
     });
   }
 

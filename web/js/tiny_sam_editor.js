@@ -38,6 +38,8 @@ class PromptEditor {
     this.writing = false; // commit() is setting the widgets: their change hooks need not re-read them
 
     this.root = document.createElement("div");
+    // the local node has a model to preview with; its fal twin has none
+    this.preview = node.inputs?.some((input) => input.name === "model") ? new MaskPreview(this) : null;
     Object.assign(this.root.style, {
       display: "flex", flexDirection: "column", gap: "2px", boxSizing: "border-box",
       userSelect: "none", font: "11px sans-serif", color: "var(--input-text, #ddd)",
@@ -52,7 +54,7 @@ class PromptEditor {
     this.clearButton.title = "Remove every point and box";
     Object.assign(this.clearButton.style, { font: "inherit", padding: "1px 8px", cursor: "pointer" });
     this.clearButton.addEventListener("click", () => this.commit({ points: [], boxes: [] }));
-    bar.append(this.status, this.clearButton);
+    bar.append(this.status, ...(this.preview ? [this.preview.toggle] : []), this.clearButton);
 
     this.frame = document.createElement("div");
     Object.assign(this.frame.style, { flex: "1", minHeight: "0", position: "relative" });
@@ -66,8 +68,6 @@ class PromptEditor {
     const hint = document.createElement("div");
     hint.textContent = HINT;
     Object.assign(hint.style, { opacity: "0.7", lineHeight: "1.3" });
-    // the local node has a model to preview with; its fal twin has none
-    this.preview = node.inputs?.some((input) => input.name === "model") ? new MaskPreview(this) : null;
     this.root.append(bar, this.frame, ...(this.preview ? [this.preview.line] : []), hint);
 
     this.canvas.addEventListener("pointerdown", (e) => this.onPointerDown(e));
