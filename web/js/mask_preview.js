@@ -133,6 +133,8 @@ export class MaskPreview {
 
   /** Bring the preview in step with the editor (cheap when nothing changed); `box`: a drag in progress. */
   update(box = null) {
+    const inputAt = this.inputAt; // only the change the pointer action makes right away counts from it
+    this.inputAt = null;
     const body = this.request(box);
     const key = JSON.stringify(body);
     if (key === this.key) return;
@@ -146,8 +148,6 @@ export class MaskPreview {
       this.show(body.error ? { state: "off", message: body.error } : { state: body.off ? "off" : "empty" });
       return;
     }
-    const inputAt = this.inputAt;
-    this.inputAt = null;
     const send = () => this.send(body, key, inputAt);
     if (box) this.timer = setTimeout(send, DRAG_DEBOUNCE_MS);
     else send();
