@@ -114,17 +114,13 @@ def resolve_image(ref, folders: Mapping[str, str]) -> Path:
     return path
 
 
-def _number(body: dict, name: str, default):
-    value = body.get(name, default)
-    return int(value) if isinstance(value, float) and name == "size" and value.is_integer() else value
-
-
 def _mask_png(pixels: np.ndarray, colour) -> str:
     """A bool mask as a base64 1-bit palette PNG: index 1 = ``colour``, index 0 transparent, so a browser
     draws it as it is (no per-pixel work in JavaScript)."""
     from PIL import Image
 
-    image = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8), mode="P")
+    height, width = pixels.shape
+    image = Image.frombytes("P", (width, height), np.ascontiguousarray(pixels, dtype=np.uint8).tobytes())
     image.putpalette([0, 0, 0, *colour])
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", transparency=0, compress_level=1)
@@ -218,8 +214,11 @@ class Previewer:
     def _request(self, body: dict) -> TinySamRequest:
         texts = {k: _text(body.get(k, d), k, MAX_TEXT) for k, d in
                  (("box_prompt", "[[0,0,0,0]]"), ("point_prompt", "[[0,0]]"), ("point_label", "[0]"))}
+        size = body.get("size", TinySamRequest.size)
+        if isinstance(size, float) and size.is_integer():
+            size = int(size)  # a JSON number written as 1024.0 is still the whole number the widget holds
         try:
-            return TinySamRequest(size=_number(body, "size", TinySamRequest.size),
+            return TinySamRequest(size=size,
                                   confidence=body.get("confidence", TinySamRequest.confidence),
                                   iou=body.get("iou", TinySamRequest.iou), **texts).validate()
         except ValueError as exc:
