@@ -1,4 +1,5 @@
-"""The one place that talks to ComfyUI's runtime (with ``comfy_memory.py``, its memory half).
+"""The one place that talks to ComfyUI's runtime (with ``comfy_memory.py``, its memory half, and
+``comfy_preview.py``, the Tiny SAM editor's preview route).
 
 Nothing happens on import. The pack's entry point (``nodes/__init__.py``) calls :func:`install`
 once, after the node modules are imported: inside ComfyUI it installs ``samkit.runtime`` hooks
@@ -103,7 +104,7 @@ def install() -> bool:
     global _installed
     if not IN_COMFY or _installed:
         return IN_COMFY
-    from . import comfy_memory
+    from . import comfy_memory, comfy_preview
     from ..samkit.fal import keys as fal_keys
     from ..samkit.model_folders import set_folder_provider
 
@@ -123,5 +124,6 @@ def install() -> bool:
     # ComfyUI/user/comfyui-sam-kit/fal.ini is searched too (outside the pack and any workflow)
     if hasattr(folder_paths, "get_user_directory"):
         fal_keys.set_config_dir_provider(folder_paths.get_user_directory)
+    comfy_preview.install()  # the Tiny SAM editor's live preview route
     _installed = True
     return True

@@ -86,8 +86,9 @@ class TinySamResult:
     counts: list = field(default_factory=list)  # objects per image
 
 
-def _objects(model: LoadedModel, image, prompts: ImagePrompts, request: TinySamRequest) -> tuple[CompactMasks, torch.Tensor]:
-    """One image's non-empty objects (compact masks, scores) in output order."""
+def find_objects(model: LoadedModel, image, prompts: ImagePrompts, request: TinySamRequest) -> tuple[CompactMasks, torch.Tensor]:
+    """One RGB uint8 image's non-empty objects (compact masks, scores) in output order: what the node
+    outputs for it, and what the editor's live preview (``preview.py``) shows."""
     if model.is_fastsam:
         from .fastsam import segment_prompted
 
@@ -149,7 +150,7 @@ def segment_with_prompts(model: LoadedModel, image: torch.Tensor, request: TinyS
         for i in range(b):
             runtime.check_interrupt()
             with precision.for_model(model):  # model work only: the outputs below stay exact fp32
-                found.append(_objects(model, to_uint8_rgb(batch[i]), per_image[i], request))
+                found.append(find_objects(model, to_uint8_rgb(batch[i]), per_image[i], request))
             _OUTPUTS.ensure_fits([len(m) for m, _ in found], b - i - 1, h, w, out, remedies)
             bar.update(1)
     finally:

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MAX_LINES = 400
 MAX_NODE_LINES = 200
 #: the bridge to ComfyUI: the only node-side modules that import ComfyUI (and torch, for its patcher)
-BRIDGE_MODULES = {"nodes.comfy_bridge", "nodes.comfy_memory"}
+BRIDGE_MODULES = {"nodes.comfy_bridge", "nodes.comfy_memory", "nodes.comfy_preview"}
 #: top-level names of ComfyUI's own modules (ComfyUI 0.3.x puts its root on sys.path)
 COMFYUI_MODULES = {"comfy", "comfy_api", "comfy_execution", "comfy_extras", "comfy_config", "folder_paths", "server",
                    "nodes", "execution", "latent_preview", "node_helpers"}

@@ -28,7 +28,7 @@ import pytest
 from testsupport import browser
 from testsupport import comfy_assets as A
 from testsupport.editor_page import (
-    NO_PROMPTS, PROMPT_WIDGETS, ImageOnScreen, assert_clean_console, assert_close, assert_colour, build_graph, check_markers, check_shown_image,
+    EDITOR_OF, NO_PROMPTS, PROMPT_WIDGETS, ImageOnScreen, assert_clean_console, assert_close, assert_colour, build_graph, check_markers, check_shown_image,
     drag, editor_state, node_clip, record_undo_state, set_view, settle, tiny_sam_id, type_into_widget,
     wait_for_image, wait_for_state, widget_values,
 )
@@ -73,6 +73,11 @@ def test_click_drag_resize_save_load_and_queue(page, artifacts_dir):
     assert_close(values["box_prompt"], [[150, 20, 150, 160]], "box_prompt after deleting a box")
     check_markers(page, node, [[90, 100], [240, 105]], [1, 0])
 
+    # the live preview tints the image under the masks (test_preview_browser.py); off, the image shows as it
+    # is, and the choice is saved with the workflow
+    page.evaluate(f"(id) => {EDITOR_OF}.querySelector('input[type=checkbox]').click()", node)
+    page.wait_for_function(f"(id) => {EDITOR_OF} && !app.graph.getNodeById(id).samkitEditor.preview.layer", arg=node, timeout=10_000)
+
     # resize the node and zoom the canvas: the image, the markers and new clicks still line up
     page.evaluate("(id) => { app.graph.getNodeById(id).setSize([600, 700]); }", node)
     set_view(page, 1.1, [-380, 0])  # zoomed in, node moved left clear of the minimap
@@ -101,6 +106,7 @@ def test_click_drag_resize_save_load_and_queue(page, artifacts_dir):
     node = tiny_sam_id(page)
     wait_for_image(page, node)
     assert widget_values(page, node) == values
+    assert page.evaluate(f"(id) => {EDITOR_OF}.querySelector('input[type=checkbox]').checked", node) is False
     state = json.loads(page.evaluate(
         "(id) => app.graph.getNodeById(id).widgets.find((w) => w.name === 'prompt_editor').element.dataset.state", node))
     assert [[p["x"], p["y"]] for p in state["points"]] == json.loads(values["point_prompt"])

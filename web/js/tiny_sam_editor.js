@@ -5,10 +5,12 @@
 // editor_sync.js) and always right before an edit, and writes them back after each edit, so
 // saving, loading and queueing need nothing extra. Coordinates are pixels of the image that feeds
 // the node's `image` input (read from the upstream Load Image file, or that node's preview), never
-// of the on-screen canvas. Works on the classic canvas and on Nodes 2.0 (Vue nodes).
+// of the on-screen canvas. Works on the classic canvas and on Nodes 2.0 (Vue nodes). On the local
+// node the masks for the prompts show over the image as they change (mask_preview.js).
 
 import { app } from "../../../scripts/app.js";
 import { imageUrlFor, isDetached, linkedInputs, recordUndoStep, watch } from "./editor_sync.js";
+import { MaskPreview } from "./mask_preview.js";
 import { PROMPT_WIDGETS, boxBetween, fitImage, formatPrompts, parsePrompts, pixelAt, promptConfig } from "./prompts.js";
 
 // the local node and its fal twin take the same three prompt widgets
@@ -36,6 +38,8 @@ class PromptEditor {
     this.writing = false; // commit() is setting the widgets: their change hooks need not re-read them
 
     this.root = document.createElement("div");
+    // the local node has a model to preview with; its fal twin has none
+    this.preview = node.inputs?.some((input) => input.name === "model") ? new MaskPreview(this) : null;
     Object.assign(this.root.style, {
       display: "flex", flexDirection: "column", gap: "2px", boxSizing: "border-box",
       userSelect: "none", font: "11px sans-serif", color: "var(--input-text, #ddd)",
@@ -50,7 +54,7 @@ class PromptEditor {
     this.clearButton.title = "Remove every point and box";
     Object.assign(this.clearButton.style, { font: "inherit", padding: "1px 8px", cursor: "pointer" });
     this.clearButton.addEventListener("click", () => this.commit({ points: [], boxes: [] }));
-    bar.append(this.status, this.clearButton);
+    bar.append(this.status, ...(this.preview ? [this.preview.toggle] : []), this.clearButton);
 
     this.frame = document.createElement("div");
     Object.assign(this.frame.style, { flex: "1", minHeight: "0", position: "relative" });
@@ -64,7 +68,7 @@ class PromptEditor {
     const hint = document.createElement("div");
     hint.textContent = HINT;
     Object.assign(hint.style, { opacity: "0.7", lineHeight: "1.3" });
-    this.root.append(bar, this.frame, hint);
+    this.root.append(bar, this.frame, ...(this.preview ? [this.preview.line] : []), hint);
 
     this.canvas.addEventListener("pointerdown", (e) => this.onPointerDown(e));
     this.canvas.addEventListener("pointermove", (e) => this.onPointerMove(e));
@@ -115,6 +119,7 @@ class PromptEditor {
     }
     const view = this.viewSize();
     if (changed || `${view.w}x${view.h}` !== this.viewKey) this.draw();
+    this.preview?.update(); // prompts, image or model choice changed: a new preview (a key compare otherwise)
   }
 
   viewSize() {
@@ -176,6 +181,7 @@ class PromptEditor {
     if (!this.insideImage(fit, press)) return; // a box starts on the image
     press.box = boxBetween(fit, this.image.naturalWidth, this.image.naturalHeight, press, p);
     this.draw();
+    this.preview?.update(press.box); // debounced while the pointer moves
   }
 
   onPointerUp(e) {
@@ -183,6 +189,7 @@ class PromptEditor {
     this.press = null;
     const fit = this.fit();
     if (!press || !fit || this.detached()) return;
+    this.preview?.markInput(e.timeStamp); // click-to-overlay latency counts from here
     const { points, boxes } = this.prompts;
     if (press.box) {
       this.commit({ points, boxes: [...boxes, press.box] });
@@ -254,6 +261,7 @@ class PromptEditor {
     const { naturalWidth: w, naturalHeight: h } = this.image;
     ctx.imageSmoothingEnabled = fit.scale < 1;
     ctx.drawImage(this.image, fit.left, fit.top, w * fit.scale, h * fit.scale);
+    this.preview?.paint(ctx, fit);
     const boxes = this.press?.box ? [...this.prompts.boxes, this.press.box] : this.prompts.boxes;
     boxes.forEach((b, i) => {
       const a = this.toView(fit, b.x, b.y);
@@ -309,6 +317,7 @@ class PromptEditor {
   remove() {
     this.removed = true;
     this.resizeObserver.disconnect();
+    this.preview?.dispose();
   }
 }
 
