@@ -129,6 +129,33 @@ class Sam2Image(torch.nn.Module):
         return F.interpolate(low_res[:, None].float(), tuple(original_size), mode="bilinear", align_corners=False)[:, 0]
 
 
+def to_encoder_frame(xy: torch.Tensor, original_size: tuple, resolution: int) -> torch.Tensor:
+    """Pixel coordinates ``[..., 2]`` (x, y) → the encoder's square frame, as ``SAM2Transforms.transform_coords``
+    (normalize=True): float32 x/W and y/H, then × ``resolution``."""
+    h, w = original_size
+    xy = xy.clone()
+    xy[..., 0] = xy[..., 0] / w
+    xy[..., 1] = xy[..., 1] / h
+    return xy * resolution
+
+
+def decode_low_res(net: Sam2Image, embedding: Sam2Embedding, coords: torch.Tensor, labels: torch.Tensor,
+                   multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM 2's decoder for B prompts on one image: low-resolution logits ``[B,M,256,256]`` and
+    predicted IoU ``[B,M]`` (M = 3 with ``multimask``, else 1), as ``SAM2ImagePredictor._predict``."""
+    sparse, dense = net.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+    low_res, iou, _, _ = net.sam_mask_decoder(
+        image_embeddings=embedding.features,
+        image_pe=net.sam_prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=multimask,
+        repeat_image=coords.shape[0] > 1,
+        high_res_features=list(embedding.high_res),
+    )
+    return low_res, iou
+
+
 def build_sam2(config: Sam2Config) -> Sam2Image:
     return Sam2Image(config).eval()
 

@@ -30,7 +30,7 @@ from .point_decoder import prompts_per_chunk
 from .precision import fp32_island
 from .prompts import ImagePrompts
 from .results import Masks
-from .sam2_model import Sam2Embedding, Sam2Image
+from .sam2_model import Sam2Embedding, Sam2Image, decode_low_res, to_encoder_frame
 from .sam_prompted import ObjectPrompt, plan_objects
 
 
@@ -40,16 +40,6 @@ def embed_image(model: LoadedModel, image: np.ndarray, cache: EmbeddingCache | N
     net: Sam2Image = model.runner
     key = (model_token(model), "sam2", net.image_size, str(model.dtype), model.device.type, image_digest(image))
     return cache.get_or_compute(key, lambda: net.encode_image(image), model.device)
-
-
-def to_encoder_frame(xy: torch.Tensor, original_size: tuple, resolution: int) -> torch.Tensor:
-    """Pixel coordinates ``[..., 2]`` (x, y) → the encoder's square frame, as ``SAM2Transforms.transform_coords``
-    (normalize=True): float32 x/W and y/H, then × ``resolution``."""
-    h, w = original_size
-    xy = xy.clone()
-    xy[..., 0] = xy[..., 0] / w
-    xy[..., 1] = xy[..., 1] / h
-    return xy * resolution
 
 
 def _group_prompt(objects: list[ObjectPrompt], members: list[int], n_points: int, has_box: bool,
@@ -66,23 +56,6 @@ def _group_prompt(objects: list[ObjectPrompt], members: list[int], n_points: int
         labels.append(torch.as_tensor([objects[i].labels for i in members], dtype=torch.int, device=device)
                       .reshape(len(members), n_points))
     return torch.cat(coords, dim=1), torch.cat(labels, dim=1)
-
-
-def decode_low_res(net: Sam2Image, embedding: Sam2Embedding, coords: torch.Tensor, labels: torch.Tensor,
-                   multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """SAM 2's decoder for B prompts on one image: low-resolution logits ``[B,M,256,256]`` and
-    predicted IoU ``[B,M]`` (M = 3 with ``multimask``, else 1), as ``SAM2ImagePredictor._predict``."""
-    sparse, dense = net.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=None)
-    low_res, iou, _, _ = net.sam_mask_decoder(
-        image_embeddings=embedding.features,
-        image_pe=net.sam_prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=multimask,
-        repeat_image=coords.shape[0] > 1,
-        high_res_features=list(embedding.high_res),
-    )
-    return low_res, iou
 
 
 @torch.inference_mode()
@@ -119,9 +92,10 @@ def decode_objects(net: Sam2Image, embedding: Sam2Embedding, objects: list[Objec
 
 
 def _everything(model: LoadedModel, image: np.ndarray) -> Masks:
-    from .sam2_everything import generate_segments
+    from .automask import generate_segments
+    from .sam2_backend import SAM2_DEFAULTS, Sam2Backend
 
-    segments = generate_segments(model.runner, image)
+    segments = generate_segments(Sam2Backend(model.runner), image, SAM2_DEFAULTS)
     return Masks(segments.compact, segments.predicted_iou.float())
 
 

@@ -1,97 +1,29 @@
-"""SAM 2 / SAM 2.1 checkpoints of the real architectures, built by Meta's own ``sam2`` package.
+"""SAM 2.1 checkpoints for the tests, built once per session (tools/sam2_synthetic.py builds them).
 
-``build_meta_sam2(size, version, seed)`` instantiates Meta's ``SAM2Base`` from Meta's YAML
-config (``configs/sam2.1/sam2.1_hiera_t.yaml`` and the like: the architecture of the published
-files, with Meta's parameter names) with seeded random weights, as ``sam2.build_sam.build_sam2``
-does (same decoder post-processing flags). ``save_sam2_checkpoint`` writes ``{"model":
-state_dict}``, the format of ``sam2.1_hiera_tiny.pt``; ``safetensors=True`` writes the bare
-state dict as safetensors.
-
-Random weights give noise-like masks that no threshold lets through, so ``spread_decoder``
-scales the decoder's hypernetwork outputs (logits far from 0, so masks have area) and lifts the
-predicted IoU; the fidelity tests then compare real masks, not empty ones.
-
-Building the tiny model takes ~2 s and its state dict is 156 MB: :func:`tiny_state_dict`
-builds each (seed, version) once per test session.
+Building the tiny model takes ~2 s and its state dict is 156 MB, so each (seed, version) is
+built once per test session.
 """
 
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
-import torch
+from sam2_synthetic import build_meta_sam2, calibrate_for_everything, meta_model_from, save_sam2_checkpoint, spread_decoder
 
-CONFIGS = {"t": "tiny", "s": "small", "b+": "base_plus", "l": "large"}
-
-
-def _compose(size: str, version: str):
-    from hydra import compose
-    from omegaconf import OmegaConf
-
-    import sam2  # noqa: F401  (initialises Hydra's config module, as Meta's build_sam2 relies on)
-
-    folder = "sam2.1" if version == "2.1" else "sam2"
-    overrides = ["++model.sam_mask_decoder_extra_args.dynamic_multimask_via_stability=true",
-                 "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_delta=0.05",
-                 "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_thresh=0.98"]
-    cfg = compose(config_name=f"configs/{folder}/{folder}_hiera_{size}.yaml", overrides=overrides)
-    OmegaConf.resolve(cfg)
-    return cfg
-
-
-def build_meta_sam2(size: str = "t", version: str = "2.1", seed: int = 0, device: str = "cpu"):
-    """Meta's ``SAM2Base`` for hiera ``size`` (t / s / b+ / l), SAM ``version`` 2.0 or 2.1, in eval mode.
-    ``device="meta"`` gives the shapes without the weights (for the large sizes)."""
-    from hydra.utils import instantiate
-
-    cfg = _compose(size, version)
-    torch.manual_seed(seed)
-    linspace = torch.linspace
-    if device == "meta":  # Hiera reads its drop-path rates with .item(): those few numbers stay real
-        torch.linspace = lambda *a, **k: linspace(*a, **{**k, "device": "cpu"})
-    try:
-        with torch.device(device):
-            model = instantiate(cfg.model, _recursive_=True)
-    finally:
-        torch.linspace = linspace
-    return model.eval()
-
-
-@torch.no_grad()
-def spread_decoder(model, gain: float = 40.0, iou_shift: float = 2.0):
-    """Make a random SAM 2's masks non-trivial: hypernetwork outputs × ``gain``, predicted IoU
-    logits + ``iou_shift`` (sigmoid: ~0.9 instead of ~0.5). Returns ``model``."""
-    decoder = model.sam_mask_decoder
-    for mlp in decoder.output_hypernetworks_mlps:
-        mlp.layers[-1].weight.mul_(gain)
-    decoder.iou_prediction_head.layers[-1].bias.add_(iou_shift)
-    return model
+__all__ = ["build_meta_sam2", "everything_state_dict", "meta_model_from", "save_sam2_checkpoint", "tiny_state_dict"]
 
 
 @functools.lru_cache(maxsize=4)
 def tiny_state_dict(seed: int = 0, version: str = "2.1", spread: bool = True) -> dict:
-    """The state dict of a (spread) random SAM ``version`` hiera-tiny, built once per session."""
+    """The state dict of a (spread) random SAM ``version`` hiera-tiny."""
     model = build_meta_sam2("t", version, seed)
     if spread:
         spread_decoder(model)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def meta_model_from(state: dict, size: str = "t", version: str = "2.1"):
-    """Meta's ``SAM2Base`` holding ``state`` (the reference the fidelity tests run)."""
-    model = build_meta_sam2(size, version)
-    model.load_state_dict(state, strict=True)
-    return model.eval()
-
-
-def save_sam2_checkpoint(state: dict, path: Path, safetensors: bool = False) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if safetensors:
-        from safetensors.torch import save_file
-
-        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
-    else:
-        torch.save({"model": state}, path)
-    return path
+@functools.lru_cache(maxsize=4)
+def everything_state_dict(seed: int = 0) -> dict:
+    """A calibrated (``calibrate_for_everything``) random SAM 2.1 hiera-tiny."""
+    model = calibrate_for_everything(build_meta_sam2("t", "2.1", seed))
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
