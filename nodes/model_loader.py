@@ -8,7 +8,7 @@ from ..samkit.loader import load_model
 
 class SamKitModelLoader:
     DESCRIPTION = (
-        "Loads a SAM-family model (SAM vit_b/l/h, MobileSAM, TinySAM) or FastSAM from models/sams. "
+        "Loads a SAM-family model (SAM vit_b/l/h, MobileSAM, TinySAM, SAM 2 / 2.1) or FastSAM from models/sams. "
         "Known models that are not there yet are downloaded on first use (with a progress bar) and verified. "
         "The architecture is read from the file, so renamed files and fine-tunes work. Loaded models are "
         "kept, so running the workflow again loads nothing."

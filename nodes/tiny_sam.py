@@ -13,7 +13,7 @@ class SamKitTinySAM:
     DESCRIPTION = (
         "Segments the objects you click or box, with fal.ai tiny-sam's parameters; all coordinates are pixels "
         "of the input image. With FastSAM, prompts pick among the objects FastSAM finds (its own rules); with "
-        "MobileSAM, TinySAM or SAM they go to SAM's mask decoder, one object per box, and new prompts on the same "
+        "MobileSAM, TinySAM, SAM or SAM 2.1 they go to the mask decoder, one object per box, and new prompts on the same "
         "image reuse its cached embedding. With no prompt (the defaults) every object is segmented. For a batch, "
         "give one prompt list per image (one more level of brackets) or one list for all images."
     )

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 #: what a catalogue entry's ``arch`` may be, per ``family`` (the loader's names for them)
-ARCHS = {"sam": ("vit_b", "vit_l", "vit_h", "vit_t"), "fastsam": ("fastsam",)}
+ARCHS = {"sam": ("vit_b", "vit_l", "vit_h", "vit_t"), "fastsam": ("fastsam",),
+         "sam2": ("sam2.1_hiera_t", "sam2.1_hiera_s", "sam2.1_hiera_b+", "sam2.1_hiera_l")}
 
 
 @dataclass(frozen=True)
@@ -31,8 +32,8 @@ class KnownModel:
     """
 
     file_name: str
-    family: str  # "sam" or "fastsam"
-    arch: str  # vit_b, vit_l, vit_h, vit_t, fastsam
+    family: str  # "sam", "sam2" or "fastsam"
+    arch: str  # vit_b, vit_l, vit_h, vit_t, fastsam, sam2.1_hiera_t/s/b+/l
     url: str
     licence: str
     description: str
@@ -67,6 +68,11 @@ class KnownModel:
 #   release ultralytics 8.4 itself downloads them from (the default of
 #   ultralytics.utils.downloads.attempt_download_asset). No size or checksum is published, and
 #   each assets release may carry a re-saved file, so no size is pinned.
+# * SAM 2.1: https://github.com/facebookresearch/sam2#model-description links the four
+#   dl.fbaipublicfiles.com/segment_anything_2/092824 files (checkpoints/download_ckpts.sh). Meta
+#   publishes no sizes or checksums, and no byte-exact size could be verified from public sources
+#   (third-party listings give only rounded sizes: 149 / 176 / 309 / 857 MiB), so no size is pinned;
+#   approx_mb is those listings in MB.
 # Files without a published size or checksum are still verified: zip CRCs of the whole archive,
 # and the architecture read from the downloaded file must be the one listed here.
 KNOWN_MODELS: tuple = (
@@ -100,6 +106,34 @@ KNOWN_MODELS: tuple = (
         "AGPL-3.0",
         "FastSAM large (YOLOv8x-seg, one class): better masks than FastSAM-s, still one pass.",
         approx_mb=145, homepage="https://docs.ultralytics.com/models/fast-sam",
+    ),
+    KnownModel(
+        "sam2.1_hiera_tiny.pt", "sam2", "sam2.1_hiera_t",
+        "https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_tiny.pt",
+        "Apache-2.0",
+        "SAM 2.1 Hiera tiny (Meta): SAM 2's smallest; prompts and everything mode.",
+        approx_mb=156, homepage="https://github.com/facebookresearch/sam2",
+    ),
+    KnownModel(
+        "sam2.1_hiera_small.pt", "sam2", "sam2.1_hiera_s",
+        "https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_small.pt",
+        "Apache-2.0",
+        "SAM 2.1 Hiera small (Meta).",
+        approx_mb=185, homepage="https://github.com/facebookresearch/sam2",
+    ),
+    KnownModel(
+        "sam2.1_hiera_base_plus.pt", "sam2", "sam2.1_hiera_b+",
+        "https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_base_plus.pt",
+        "Apache-2.0",
+        "SAM 2.1 Hiera base+ (Meta).",
+        approx_mb=324, homepage="https://github.com/facebookresearch/sam2",
+    ),
+    KnownModel(
+        "sam2.1_hiera_large.pt", "sam2", "sam2.1_hiera_l",
+        "https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_large.pt",
+        "Apache-2.0",
+        "SAM 2.1 Hiera large (Meta): SAM 2.1's best masks, slowest.",
+        approx_mb=899, homepage="https://github.com/facebookresearch/sam2",
     ),
     KnownModel(
         "sam_vit_b_01ec64.pth", "sam", "vit_b",

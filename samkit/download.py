@@ -15,7 +15,8 @@ file that passes all of them is renamed into place:
    this catches truncation and corruption where no size or checksum is published;
 6. architecture: read from the contents the way the loader reads it, it must be the entry's
    ``family``/``arch``: an ultralytics pickle is FastSAM, and for a FastSAM entry ultralytics
-   must load it as a segmentation model (``model_files.load_fastsam``); anything else is a SAM
+   must load it as a segmentation model (``model_files.load_fastsam``); a SAM 2 state dict's
+   ``sam2_config.detect_sam2_config(...).arch`` (sam2.1_hiera_t/s/b+/l), anything else is a SAM
    whose ``sam_config.detect_sam_config(...).arch`` is the entry's (vit_b/l/h, vit_t). So a
    FastSAM file served as ``mobile_sam.pt``, or a ViT-B served as ``mobile_sam.pt``, is refused.
    (This reads the whole state dict once more, freed before the loader reads it.)
@@ -39,7 +40,8 @@ from . import runtime
 from .catalogue import KnownModel
 from .model_errors import ModelFileError
 from .model_files import format_of, is_ultralytics, load_fastsam, read_state_dict, safetensors_problem
-from .loaded_model import FASTSAM_FAMILY, SAM_FAMILY
+from .loaded_model import FASTSAM_FAMILY, SAM2_FAMILY, SAM_FAMILY
+from .sam2_config import detect_sam2_config, is_sam2
 from .sam_config import detect_sam_config
 from .sniff import describe_head, read_head
 
@@ -197,7 +199,12 @@ def _check(part: Path, model: KnownModel, digests: dict) -> None:
                 load_fastsam(part)  # refuses YOLO models of other tasks (detection, pose, ...)
             family, arch = FASTSAM_FAMILY, "fastsam"
         else:
-            family, arch = SAM_FAMILY, detect_sam_config(read_state_dict(part), model.file_name).arch
+            state = read_state_dict(part)
+            if is_sam2(state):
+                family, arch = SAM2_FAMILY, detect_sam2_config(state, model.file_name).arch
+            else:
+                family, arch = SAM_FAMILY, detect_sam_config(state, model.file_name).arch
+            del state
     except ModelFileError as exc:  # read_state_dict names the hidden .part file: say what it is instead
         found = f"it {exc.looks}" if exc.looks else str(exc)
         raise _CheckFailed("architecture", f"the catalogue lists {expected}, but {found}") from None
@@ -208,4 +215,6 @@ def _check(part: Path, model: KnownModel, digests: dict) -> None:
 
 
 def _architecture_name(family: str, arch: str) -> str:
+    if family == SAM2_FAMILY:
+        return f"a SAM 2 {arch} checkpoint"
     return "a FastSAM checkpoint (ultralytics YOLO-seg)" if family == FASTSAM_FAMILY else f"a SAM {arch} checkpoint"

@@ -10,6 +10,7 @@ import torch
 #: families the operators dispatch on
 SAM_FAMILY = "sam"  # segment-anything ``Sam`` (vit_b / vit_l / vit_h / vit_t / smaller custom ViTs)
 FASTSAM_FAMILY = "fastsam"  # ultralytics YOLO-seg in FastSAM's format
+SAM2_FAMILY = "sam2"  # SAM 2 / SAM 2.1 (Hiera), image path only (``sam2_model.Sam2Image``)
 
 
 @dataclass(eq=False)
@@ -17,8 +18,9 @@ class LoadedModel:
     """A model ready to run.
 
     ``module`` is the torch module that holds the weights (a ``segment_anything.modeling.Sam``
-    for the SAM family, the ultralytics ``SegmentationModel`` for FastSAM). ``runner`` is what
-    the operators call: the ``Sam`` itself, or the ``ultralytics.FastSAM`` wrapper.
+    for the SAM family, a ``sam2_model.Sam2Image`` for SAM 2, the ultralytics
+    ``SegmentationModel`` for FastSAM). ``runner`` is what the operators call: the ``Sam`` or
+    ``Sam2Image`` itself, or the ``ultralytics.FastSAM`` wrapper.
     """
 
     name: str
@@ -35,6 +37,10 @@ class LoadedModel:
     @property
     def is_sam(self) -> bool:
         return self.family == SAM_FAMILY
+
+    @property
+    def is_sam2(self) -> bool:
+        return self.family == SAM2_FAMILY
 
     @property
     def is_fastsam(self) -> bool:

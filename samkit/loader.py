@@ -4,6 +4,8 @@
   encoder, prompt encoder and decoder configurations are derived from tensor shapes
   (``sam_config``);
 * MobileSAM / TinySAM (TinyViT encoder, "vit_t"): likewise;
+* SAM 2 / SAM 2.1 (Hiera tiny / small / base+ / large): read from keys and shapes by
+  ``sam2_config``, built by ``sam2_model`` (image path only);
 * FastSAM: an ultralytics YOLO-seg checkpoint, loaded by ultralytics itself (under any name).
 
 Formats are read from the bytes too (``model_files``): a safetensors file named ``.pth`` loads,
@@ -25,9 +27,11 @@ import torch
 
 from . import model_files, model_source, runtime
 from .model_errors import DamagedCheckpoint, ModelFileError, UnsupportedCheckpoint  # noqa: F401  (the loader's errors)
-from .loaded_model import FASTSAM_FAMILY, SAM_FAMILY, LoadedModel
+from .loaded_model import FASTSAM_FAMILY, SAM2_FAMILY, SAM_FAMILY, LoadedModel
 from .sam_config import SamConfig, build_sam, detect_sam_config  # noqa: F401  (SamConfig: still loader.SamConfig)
-from .precision import fastsam_dtype, prepare_sam, resolve_dtype
+from .sam2_config import detect_sam2_config, is_sam2
+from .sam2_model import load_sam2
+from .precision import fastsam_dtype, prepare_sam, prepare_sam2, resolve_dtype
 
 log = logging.getLogger("comfyui-sam-kit")
 
@@ -53,6 +57,14 @@ def _load_sam(path: Path, state: dict):
         raise model_files.unsupported(path, f"looks like a {config.arch} SAM checkpoint but its tensors do not fit "
                                             f"that architecture ({str(exc).splitlines()[0][:300]})") from None
     return sam, config.arch
+
+
+def _load_sam2(path: Path, state: dict):
+    try:
+        config = detect_sam2_config(state, str(path))
+        return load_sam2(state, config, str(path)), config.arch
+    except UnsupportedCheckpoint as exc:
+        raise UnsupportedCheckpoint(f"{exc}. {model_files.advice(path, False)}", exc.looks) from None
 
 
 # ---------------------------------------------------------------- public API
@@ -108,9 +120,15 @@ def load_model(name_or_path: str | Path, device: str = "auto", precision: str = 
         family, arch = FASTSAM_FAMILY, "fastsam"
     else:
         state = model_files.read_state_dict(path)
-        sam, arch = _load_sam(path, state)
-        module = runner = prepare_sam(sam, dtype).eval()
-        family = SAM_FAMILY
+        if is_sam2(state):
+            sam2, arch = _load_sam2(path, state)
+            del state  # the video memory's tensors go now
+            module = runner = prepare_sam2(sam2, dtype).eval()
+            family = SAM2_FAMILY
+        else:
+            sam, arch = _load_sam(path, state)
+            module = runner = prepare_sam(sam, dtype).eval()
+            family = SAM_FAMILY
     load_count += 1
     loaded = LoadedModel(path.name, str(path), family, arch, module, runner, torch_device, dtype, key)
     if loaded.is_fastsam:

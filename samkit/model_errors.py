@@ -27,4 +27,4 @@ class DamagedCheckpoint(ModelFileError):
 
 
 class UnsupportedCheckpoint(ModelFileError):
-    """The file reads, but holds something the pack cannot run (another network, SAM 2, HQ-SAM, ...)."""
+    """The file reads, but holds something the pack cannot run (another network, HQ-SAM, ...)."""

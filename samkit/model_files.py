@@ -13,7 +13,7 @@ subclass whose message names the file, says what it looks like (:func:`describe`
 do (:func:`advice`: for the pack's known models, the download URL and the folder):
 :class:`DamagedCheckpoint` for files that are empty, cut short, corrupt or an error page saved
 in place of the file; :class:`UnsupportedCheckpoint` for readable files of another kind (other
-networks, SAM 2, HQ-SAM, pickled Python objects, images, ...). Raw library errors are not
+networks, SAM 2 of an unknown size, HQ-SAM, pickled Python objects, images, ...). Raw library errors are not
 chained (``from None``) so nodes show the one message.
 """
 
@@ -31,7 +31,8 @@ from .model_errors import DamagedCheckpoint, ModelFileError, UnsupportedCheckpoi
 from .sniff import describe_head, read_head
 
 #: what the pack loads, for "what to do" messages
-SUPPORTED = ("SAM Kit loads SAM vit_b/l/h, MobileSAM and TinySAM checkpoints (state dicts in .pth/.pt/.safetensors) "
+SUPPORTED = ("SAM Kit loads SAM vit_b/l/h, MobileSAM, TinySAM and SAM 2/2.1 checkpoints (state dicts in "
+             ".pth/.pt/.safetensors) "
              "and FastSAM files saved by ultralytics")
 _LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."  # pickled 0x1950a86a20f9469cfc6c, protocol 2
 

@@ -37,6 +37,12 @@ What half precision then leaves (``tests/testsupport/precision_matrix.py`` measu
 node): a click's mask within IoU 0.94 of fp32, a seg map with the same segments up to one or two
 swapped at a threshold.
 
+**SAM 2 / SAM 2.1** (``sam2_model.Sam2Image``): the same policy (:func:`prepare_sam2`). Kept in
+fp32: the prompt encoder's positional encoding and the decoder's predicted-IoU head (the same
+reasons as above; SAM 2 compares predicted IoU with ``pred_iou_thresh`` 0.8 and orders NMS by it),
+the ImageNet normalisation (pixels are resized and normalised in fp32 before the encoder sees
+them) and the logits from the low-resolution masks on.
+
 **FastSAM** runs through ultralytics, which has fp32 and fp16 (``quantize=16``, formerly ``half``),
 not bf16, and halves the weights itself; jobs run it with autocast *off*, so a host's autocast
 cannot change what runs. :func:`fastsam_dtype` maps the request: fp16 and bf16 become fp16 on a
@@ -54,6 +60,7 @@ float32 or integers on the host first); ``tests/test_no_float64.py`` guards that
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 from segment_anything.modeling.mask_decoder import MLP
@@ -162,6 +169,41 @@ def prepare_sam(sam: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     return sam
 
 
+@functools.lru_cache(maxsize=None)
+def _fp32_variant(cls: type, method: str) -> type:
+    """A subclass of ``cls`` whose ``method`` (one tensor argument) runs in fp32 under autocast."""
+    parent = getattr(cls, method)
+
+    def run(self, x, *args):
+        with fp32_island(x.device):
+            return parent(self, x.float(), *args)
+
+    return type(f"Fp32{cls.__name__}", (cls,), {method: run, "__doc__": f"{cls.__name__}, {method} in fp32"})
+
+
+SAM2_FP32_MODULES = ("sam_prompt_encoder.pe_layer", "sam_mask_decoder.iou_prediction_head")
+
+
+def prepare_sam2(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Cast a ``sam2_model.Sam2Image`` to ``dtype``, keeping the policy's fp32 parts (see above).
+
+    In place; parameter and buffer names are unchanged (the fp32 modules change class only).
+    """
+    if dtype == torch.float32:
+        return model.float()
+    kept = {name: model.get_submodule(name) for name in SAM2_FP32_MODULES}
+    saved = {name: {k: v.detach().clone() for k, v in m.state_dict().items()} for name, m in kept.items()}
+    buffers = {n: getattr(model, n).detach().clone() for n in FP32_BUFFERS}
+    model.to(dtype)
+    for name, module in kept.items():
+        module.float().load_state_dict(saved[name])
+        method = "_pe_encoding" if name.endswith("pe_layer") else "forward"
+        module.__class__ = _fp32_variant(type(module), method)
+    for n, value in buffers.items():
+        setattr(model, n, value)
+    return model
+
+
 def fp32_island(device: torch.device):
     """Autocast off on ``device`` for a block whose inputs the caller has made fp32."""
     kind = torch.device(device).type
@@ -187,6 +229,6 @@ def for_model(model):
     (whose dtype ultralytics sets) run with autocast off, so an autocast left on by the host cannot
     change what runs. Autocast is per thread: enter it in the thread that runs the model.
     """
-    dtype = model.dtype if model.is_sam else torch.float32
+    dtype = model.dtype if (model.is_sam or model.is_sam2) else torch.float32
     with _autocast(model.device, dtype):
         yield

@@ -4,8 +4,9 @@ from it (the loader's SAM detection; the downloader checks a new file's architec
 * segment-anything ``Sam`` checkpoints (vit_b / vit_l / vit_h and smaller custom ViTs);
 * MobileSAM / TinySAM (TinyViT encoder, "vit_t").
 
-State dicts of other networks (SAM 2, HQ-SAM, Hugging Face's SamModel, bare YOLO weights)
-raise :class:`~.model_errors.UnsupportedCheckpoint` naming what they are.
+State dicts of other networks (HQ-SAM, Hugging Face's SamModel, bare YOLO weights) raise
+:class:`~.model_errors.UnsupportedCheckpoint` naming what they are; SAM 2 state dicts are
+``sam2_config``'s (the loader asks ``sam2_config.is_sam2`` first).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def detect_sam_config(state: dict, name: str = "this state dict") -> SamConfig:
     checkpoints (marker keys present, others missing or misshapen).
     """
     if any(k.startswith(("image_encoder.trunk.", "sam_mask_decoder.", "memory_attention.")) for k in state):
-        raise UnsupportedCheckpoint(f"{name} is a SAM 2 checkpoint, which SAM Kit cannot run (it runs SAM 1)")
+        raise UnsupportedCheckpoint(f"{name} is a SAM 2 checkpoint: read it with sam2_config.detect_sam2_config")
     if any(k.startswith("mask_decoder.hf_") for k in state):
         raise UnsupportedCheckpoint(f"{name} is an HQ-SAM checkpoint (its mask decoder has HQ layers), which SAM Kit "
                                     "cannot run (it runs SAM 1)")

@@ -45,6 +45,10 @@ def _segments_of(model: LoadedModel, image_u8, settings: AutoMaskSettings) -> Co
     """Compact masks of one image, in the model's order."""
     if model.is_sam:
         return generate_segments(model.runner, image_u8, settings).compact
+    if model.is_sam2:
+        from .sam2_backend import Sam2Backend  # SAM 2 / 2.1 through the same driver
+
+        return generate_segments(Sam2Backend(model.runner), image_u8, settings).compact
     if model.is_fastsam:
         from .fastsam import segment_everything  # FastSAM's own everything mode
 

@@ -5,7 +5,8 @@ prompts (parsed and checked by ``prompts.py``; one list per image or the same fo
 
 * FastSAM (``fastsam.py``): everything mode at ``size`` / ``confidence`` / ``iou``; prompts select
   among its masks exactly as ultralytics' ``FastSAMPredictor.prompt`` does.
-* SAM family (``sam_prompted.py``): prompts go to SAM's mask decoder, one object per box (points
+* SAM family (``sam_prompted.py``; SAM 2 / 2.1: ``sam2_prompted.py``, same rules): prompts
+  go to SAM's mask decoder, one object per box (points
   inside a box refine it) plus one for foreground points outside every box; the image embedding
   is cached, so new prompts on the same image skip the encoder. ``confidence`` drops objects
   whose predicted mask quality is lower. ``size`` and ``iou`` do not apply: SAM's encoder input
@@ -97,8 +98,12 @@ def find_objects(model: LoadedModel, image, prompts: ImagePrompts, request: Tiny
         from .sam_prompted import segment_prompted
 
         found = segment_prompted(model, image, prompts, request.confidence)
+    elif model.is_sam2:
+        from .sam2_prompted import segment_prompted
+
+        found = segment_prompted(model, image, prompts, request.confidence)
     else:
-        raise ValueError(f"Tiny SAM cannot run a {model.family!r} model; load FastSAM, MobileSAM, TinySAM or SAM")
+        raise ValueError(f"Tiny SAM cannot run a {model.family!r} model; load FastSAM, MobileSAM, TinySAM, SAM or SAM 2")
     masks = found.masks if isinstance(found.masks, CompactMasks) else CompactMasks.from_dense(found.masks)
     scores = found.scores
     del found  # dense masks go now: only compact ones wait for the other images

@@ -14,7 +14,9 @@ fi
 . "$VENV/bin/activate"
 python -m pip install --quiet --upgrade pip
 python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-python -m pip install --quiet -r tests/requirements.txt
+python -m pip install --quiet setuptools wheel
+# sam2 (the SAM 2 reference) builds from source: against the torch above, without its CUDA extension
+SAM2_BUILD_CUDA=0 python -m pip install --quiet --no-build-isolation -r tests/requirements.txt
 # fal's official JS client for tests/test_fal_official_clients.py (skipped there without Node)
 if command -v npm >/dev/null 2>&1 && command -v node >/dev/null 2>&1; then
     (cd tests/js/falclient && npm ci --no-audit --no-fund --silent)
