@@ -9,6 +9,11 @@ Sections (each prints times, the ratio, and peak memory of both sides):
 (a) seg map: ``samkit.automask.generate_segments`` + painting versus segment-anything's
     ``SamAutomaticMaskGenerator`` + largest-first painting (what other packs wrap), with the
     segments matched (count, mean IoU of matched masks);
+(a2) each everything-mode ``sampling`` (grid, hierarchical, object-aware with the FastSAM checkpoint
+    below as its proposal model) against ``SamAutomaticMaskGenerator``, the reference run before each
+    mode (alternating), same checkpoint and image; segment generation only on both sides. The FastSAM
+    checkpoint is calibrated for a number of detections, not for the scene's objects, so object-aware's
+    segments here say nothing about quality (tests/test_everything_quality.py does): its time does;
 (b) Tiny SAM prompt edit on a cached image versus a cold run (``samkit.tiny_sam_job``);
 (c) the FastSAM path (Tiny SAM with a FastSAM checkpoint) versus a bare ``ultralytics.FastSAM`` call;
 (d) the remote node's overhead versus bare HTTP round trips against the self-hosted endpoint.
@@ -38,7 +43,9 @@ common.ensure_repo_on_path()
 
 from samkit import loader  # noqa: E402
 from samkit.automask import AutoMaskSettings, FilterCounts, generate_segments  # noqa: E402
+from samkit.automask_sampling import fastsam_proposals  # noqa: E402
 from samkit.painting import paint_segments  # noqa: E402
+from samkit.sampling_params import SAMPLING  # noqa: E402
 
 
 # ------------------------------------------------------------------ inputs
@@ -96,6 +103,26 @@ def bench_segmap(sam, image: np.ndarray, pps: int, device: torch.device, pred_io
     return dict(ref_s=ref_s, ours_s=our_s, speedup=ref_s / our_s, ref_count=len(records), our_count=len(segments),
                 matched=matched, mean_iou=mean_iou, ref_mem=ref_mem.describe(), our_mem=our_mem.describe(),
                 counts=counts.describe())
+
+
+def bench_sampling(sam, image: np.ndarray, pps: int, device: torch.device, pred_iou: float, stability: float,
+                   proposal_model, proposal_size: int) -> list[dict]:
+    """(a2): per sampling mode, the reference then the mode (alternating), one run each."""
+    from segment_anything import SamAutomaticMaskGenerator
+
+    settings = AutoMaskSettings(points_per_side=pps, pred_iou_thresh=pred_iou, stability_score_thresh=stability)
+    proposals = fastsam_proposals(proposal_model, size=proposal_size)
+    proposals(image[:64, :64])  # warm-up: ultralytics builds its predictor on the first call
+    out = []
+    for mode in SAMPLING:
+        records, ref_s = timed(lambda: SamAutomaticMaskGenerator(sam, **settings.reference_kwargs()).generate(image), device)
+        counts = FilterCounts()
+        segments, our_s = timed(lambda: generate_segments(sam, image, settings, counts, sampling=mode, proposals=proposals),
+                                device)
+        matched, mean_iou = matched_ious(segments.masks, records)
+        out.append(dict(mode=mode, ref_s=ref_s, ours_s=our_s, speedup=ref_s / our_s, ref_count=len(records),
+                        our_count=len(segments), matched=matched, mean_iou=mean_iou, counts=counts.describe()))
+    return out
 
 
 # ------------------------------------------------------------------ (b) prompt edit
@@ -224,7 +251,7 @@ def main(argv=None) -> int:
     parser.add_argument("--pred-iou-thresh", type=float, default=0.88)
     parser.add_argument("--stability-score-thresh", type=float, default=0.95)
     parser.add_argument("--fastsam-scale", default="s", choices=["n", "s", "x"])
-    parser.add_argument("--skip", default="", help="comma-separated sections to skip: segmap,prompt,fastsam,remote")
+    parser.add_argument("--skip", default="", help="comma-separated sections to skip: segmap,sampling,prompt,fastsam,remote")
     args = parser.parse_args(argv)
     if args.quick:
         args.size, args.points_per_side = "512x512", 16
@@ -247,6 +274,24 @@ def main(argv=None) -> int:
         rows.append(("seg map vs SamAutomaticMaskGenerator + painting", f"{fmt_s(r['ref_s'])} / {fmt_s(r['ours_s'])}",
                      f"{r['speedup']:.1f}x faster", f"{r['matched']}/{r['ref_count']} masks matched, IoU {r['mean_iou']:.3f}; "
                      f"{r['ref_mem']} / {r['our_mem']}"))
+    fs_size = 640 if args.quick else 1024
+    fs_path = None
+    if not {"sampling", "fastsam"} <= skip:
+        # class biases set so ~60 instances pass confidence 0.4 on this image, as a real
+        # FastSAM finds on a busy photo (untrained, either none or max_det=300 would)
+        fs_path = fastsam_checkpoint(image, {"h": h, "w": w, "seed": 0}, args.cache_dir, scale=args.fastsam_scale,
+                                     imgsz=fs_size)
+    if "sampling" not in skip:
+        fs_model = loader.load_model(str(fs_path), device=args.loader_device, precision="fp32")
+        for r in bench_sampling(sam, image, args.points_per_side, device, args.pred_iou_thresh,
+                                args.stability_score_thresh, fs_model, fs_size):
+            print(f"(a2) sampling {r['mode']}: reference {fmt_s(r['ref_s'])} ({r['ref_count']} masks), ours "
+                  f"{fmt_s(r['ours_s'])} ({r['our_count']} masks); {r['speedup']:.1f}x faster; matched "
+                  f"{r['matched']}/{r['ref_count']}, mean IoU {r['mean_iou']:.3f}")
+            print(f"    ours: {r['counts']}")
+            rows.append((f"seg map, sampling {r['mode']} vs SamAutomaticMaskGenerator", f"{fmt_s(r['ref_s'])} / "
+                         f"{fmt_s(r['ours_s'])}", f"{r['speedup']:.1f}x faster",
+                         f"{r['matched']}/{r['ref_count']} reference masks matched, IoU {r['mean_iou']:.3f}; {r['counts']}"))
     loaded = loader.load_model(str(sam_path), device=args.loader_device, precision=args.precision)
     loads = loader.load_count
     if "prompt" not in skip:
@@ -259,11 +304,6 @@ def main(argv=None) -> int:
     again = loader.load_model(str(sam_path), device=args.loader_device, precision=args.precision)
     print(f"    repeated load: same model object {again is loaded}, loads {loader.load_count - loads}")
     if "fastsam" not in skip:
-        fs_size = 640 if args.quick else 1024
-        # class biases set so ~60 instances pass confidence 0.4 on this image, as a real
-        # FastSAM finds on a busy photo (untrained, either none or max_det=300 would)
-        fs_path = fastsam_checkpoint(image, {"h": h, "w": w, "seed": 0}, args.cache_dir, scale=args.fastsam_scale,
-                                     imgsz=fs_size)
         r = bench_fastsam(fs_path, image, fs_size, device)
         print(f"(c) FastSAM-{args.fastsam_scale} at {fs_size}: bare ultralytics {fmt_s(r['bare_s'])} ({r['bare_mem']}), "
               f"ours {fmt_s(r['ours_s'])} ({r['our_mem']}); overhead {100 * r['overhead']:+.1f}% "

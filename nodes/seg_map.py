@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..samkit import sampling_params as S
 from ..samkit.automask import AutoMaskSettings
 from ..samkit.segmap import segmentation_map
 
@@ -56,12 +57,18 @@ class SamKitSegmentationMap:
                                                     "the map and coverage still show every segment. Each segment is a full-size float "
                                                     "mask (a 4096×3072 image: 50 MB each): if the outputs would not fit in free memory "
                                                     "the node stops at once and says which value fits."}),
+                "sampling": (list(S.SAMPLING), {"default": S.DEFAULT_SAMPLING,
+                                                "tooltip": "Which prompts SAM decodes (SAM models only). " + " ".join(
+                                                    f"{k}: {v}." for k, v in S.HELP.items())}),
+                "proposal_model": ("SAMKIT_MODEL", {"tooltip": "object-aware sampling: a FastSAM model (Load SAM Model "
+                                                               "with FastSAM-s.pt) whose object boxes become SAM's prompts."}),
             },
         }
 
     def run(self, model, image, points_per_side, pred_iou_thresh, stability_score_thresh,
             min_mask_region_area, crop_n_layers, seed, box_nms_thresh=_DEFAULTS.box_nms_thresh,
-            points_per_batch=_DEFAULTS.points_per_batch, max_segments=0):
+            points_per_batch=_DEFAULTS.points_per_batch, max_segments=0, sampling=S.DEFAULT_SAMPLING,
+            proposal_model=None):
         settings = AutoMaskSettings(
             points_per_side=points_per_side,
             points_per_batch=points_per_batch,
@@ -71,7 +78,8 @@ class SamKitSegmentationMap:
             crop_n_layers=crop_n_layers,
             min_mask_region_area=min_mask_region_area,
         )
-        result = segmentation_map(model, image, settings, seed, max_segments=max_segments)
+        result = segmentation_map(model, image, settings, seed, max_segments=max_segments, sampling=sampling,
+                                  proposals=proposal_model)
         return (result.seg_map, result.segments, result.coverage)
 
 

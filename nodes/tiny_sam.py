@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .prompt_inputs import linked_prompt_inputs
+from ..samkit import sampling_params as S
 from ..samkit import tiny_sam_params as P
 from ..samkit.tiny_sam_job import TinySamRequest, segment_with_prompts
 
@@ -58,15 +59,22 @@ class SamKitTinySAM:
                                            "tooltip": "One label per point of point_prompt: 1 = foreground (this object), "
                                                       "0 = background (not this). Set 1 for a click you want segmented."}),
             },
-            "optional": linked_prompt_inputs(),
+            "optional": {
+                **linked_prompt_inputs(),
+                "sampling": (list(S.SAMPLING), {"default": S.DEFAULT_SAMPLING,
+                                                "tooltip": "With no prompt and a SAM-family model: which prompts segment "
+                                                           "everything. " + " ".join(f"{k}: {v}." for k, v in S.HELP.items())}),
+                "proposal_model": ("SAMKIT_MODEL", {"tooltip": "object-aware sampling: a FastSAM model whose object boxes "
+                                                               "become SAM's prompts."}),
+            },
         }
 
     def run(self, model, image, size, confidence, iou, box_prompt, point_prompt, point_label,
-            bboxes=None, positive_coords=None, negative_coords=None):
+            bboxes=None, positive_coords=None, negative_coords=None, sampling=S.DEFAULT_SAMPLING, proposal_model=None):
         request = TinySamRequest(size=size, confidence=confidence, iou=iou, box_prompt=box_prompt,
                                  point_prompt=point_prompt, point_label=point_label, bboxes=bboxes,
-                                 positive_coords=positive_coords, negative_coords=negative_coords)
-        result = segment_with_prompts(model, image, request)
+                                 positive_coords=positive_coords, negative_coords=negative_coords, sampling=sampling)
+        result = segment_with_prompts(model, image, request, proposals=proposal_model)
         return (result.image, result.mask, result.object_masks, result.boxes)
 
 

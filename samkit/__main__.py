@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from . import runtime
+from . import sampling_params as S
 from . import tiny_sam_params as P
 
 
@@ -67,6 +68,27 @@ def _load(args):
     return load_model(args.model, device=args.device, precision=args.precision)
 
 
+def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sampling", default=S.DEFAULT_SAMPLING, choices=list(S.SAMPLING),
+                        help=f"everything mode's prompts for SAM-family models (default {S.DEFAULT_SAMPLING}): "
+                             + "; ".join(f"{k}: {v}" for k, v in S.HELP.items()))
+    parser.add_argument("--proposal-model", help="object-aware sampling: the FastSAM model whose object boxes SAM "
+                                                 "decodes (e.g. FastSAM-s.pt; found like --model)")
+
+
+def _proposals(args):
+    """The --proposal-model, loaded (a FastSAM model); None without one."""
+    if not args.proposal_model:
+        return None
+    from .loader import load_model
+
+    model = load_model(args.proposal_model, device=args.device, precision=args.precision)
+    if not model.is_fastsam:
+        raise ValueError(f"--proposal-model {args.proposal_model}: a FastSAM model is needed (FastSAM-s.pt, "
+                         f"FastSAM-x.pt), not a {model.family!r} model")
+    return model
+
+
 def _save(image, path: Path) -> None:
     from .images import encode_png, save_atomically
 
@@ -94,10 +116,14 @@ def cmd_segmap(args) -> int:
         min_mask_region_area=args.min_mask_region_area,
         crop_n_layers=args.crop_n_layers,
     ).validate()
+    if args.sampling == S.OBJECT_AWARE and not args.proposal_model:
+        raise ValueError(S.missing_proposals())
     model = _load(args)
+    proposals = _proposals(args) if model.is_sam else None
     for path in files:
         result = segmentation_map(model, load_image_file(path), settings, args.seed,
-                                  max_segments=args.max_segments, segment_masks=args.masks)
+                                  max_segments=args.max_segments, segment_masks=args.masks,
+                                  sampling=args.sampling, proposals=proposals)
         _save(result.seg_map[0], out / f"{path.stem}_segmap.png")
         _save_mask(result.coverage[0], out / f"{path.stem}_coverage.png")
         if args.masks:
@@ -119,10 +145,12 @@ def cmd_tinysam(args) -> int:
         box_prompt=args.box_prompt,
         point_prompt=args.point_prompt,
         point_label=args.point_label,
+        sampling=args.sampling,
     ).validate()
     model = _load(args)
+    proposals = _proposals(args) if model.is_sam else None
     for path in files:
-        result = segment_with_prompts(model, load_image_file(path), request)
+        result = segment_with_prompts(model, load_image_file(path), request, proposals=proposals)
         _save(result.image[0], out / f"{path.stem}_tinysam.png")
         _save_mask(result.mask[0], out / f"{path.stem}_mask.png")
     return 0
@@ -174,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--masks", action="store_true", help="also write every segment as a PNG mask")
     p.add_argument("--max-segments", type=int, default=0,
                    help="with --masks: write only each image's N largest segments (0 = all)")
+    _add_sampling_args(p)
     p.set_defaults(func=cmd_segmap)
 
     p = sub.add_parser("tinysam", help="segment with point and box prompts (fal tiny-sam parameters)")
@@ -185,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--box-prompt", default=P.NO_BOX.text, help="[[x,y,w,h],...] in pixels")
     p.add_argument("--point-prompt", default=P.NO_POINT.text, help="[[x,y],...] in pixels")
     p.add_argument("--point-label", default=P.NO_LABEL.text, help="[1,0,...]: 1 foreground, 0 background")
+    _add_sampling_args(p)
     p.set_defaults(func=cmd_tinysam)
 
     p = sub.add_parser("models", help="list installed and downloadable models")

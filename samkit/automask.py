@@ -31,10 +31,12 @@ from torchvision.ops.boxes import batched_nms, box_area
 
 from . import runtime
 from .automask_crop import CropRun, nms_boxes
+from .automask_sampling import as_proposals, check as check_sampling_args, planned_batches, sample_crop
 from .automask_settings import AutoMaskSettings  # noqa: F401  (the settings' home; imported from here too)
 from .compact import CompactMasks
 from .everything_backend import EverythingBackend
 from .sam_backend import SamBackend
+from .sampling_params import GRID
 
 # Pure helpers from the reference implementation: reusing them keeps the grid, crop boxes and
 # box maths identical to segment-anything's.
@@ -48,7 +50,8 @@ class Segments:
 
     ``compact`` holds the masks (:class:`~.compact.CompactMasks`, bit-packed boxes on the CPU);
     ``masks`` expands them to bool ``[N,H,W]`` (N×H×W bytes: for tests and small images).
-    ``boxes`` xyxy ``[N,4]`` (int); ``points`` the prompt that made each mask, in image pixels;
+    ``boxes`` xyxy ``[N,4]`` (int); ``points`` the prompt that made each mask, in image pixels
+    (for a box prompt, the box's centre);
     ``crop_boxes`` xyxy of the crop each mask came from.
     """
 
@@ -154,37 +157,45 @@ def _postprocess_small_regions(segments: Segments, min_area: int, nms_thresh: fl
 
 
 def generate_segments(model, image: np.ndarray, settings: Optional[AutoMaskSettings] = None,
-                      counts: Optional[FilterCounts] = None) -> Segments:
+                      counts: Optional[FilterCounts] = None, sampling: str = GRID, proposals=None) -> Segments:
     """Segment everything in one RGB uint8 ``[H,W,3]`` image.
 
     ``model``: a segment-anything ``Sam`` or any :class:`~.everything_backend.EverythingBackend`.
+    ``sampling`` (``sampling_params.SAMPLING``): which prompts are decoded; ``grid`` (the default
+    here) gives ``SamAutomaticMaskGenerator``'s segments. ``proposals``: for ``object-aware``, a
+    FastSAM ``LoadedModel`` or a function crop RGB -> float64 xyxy boxes (``automask_sampling``).
     ``counts``, when given, is filled with how many masks passed each filter. Raises ValueError
-    for bad settings or images; ``runtime.Interrupted`` when the host cancels (checked per batch).
+    for bad settings, images or a missing proposal model; ``runtime.Interrupted`` when the host
+    cancels (checked before every batch of prompts).
     """
     counts = counts if counts is not None else FilterCounts()
     settings = (settings or AutoMaskSettings()).validate()
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError("generate_segments expects an RGB uint8 array of shape [H, W, 3]")
+    proposals = as_proposals(proposals)
+    check_sampling_args(sampling, proposals)
     backend = backend_for(model)
     orig_size = image.shape[:2]
-    grids = build_all_layer_point_grids(
-        settings.points_per_side, settings.crop_n_layers, settings.crop_n_points_downscale_factor
-    )
+    scale = settings.crop_n_points_downscale_factor
+    grids = build_all_layer_point_grids(settings.points_per_side, settings.crop_n_layers, scale)
     crop_boxes, layer_idxs = generate_crop_boxes(orig_size, settings.crop_n_layers, settings.crop_overlap_ratio)
-    batches = [-(-len(grids[layer]) // settings.points_per_batch) for layer in layer_idxs]
-    bar = runtime.progress(sum(batches), "segmenting")
+    sides = [int(settings.points_per_side / scale**layer) for layer in layer_idxs]  # as the grids are built
+    plans = [planned_batches(sampling, len(grids[layer]), side, settings.points_per_batch)
+             for layer, side in zip(layer_idxs, sides)]
+    bar = runtime.progress(sum(plans), "segmenting")
     crops, device, done = [], None, 0
-    for crop_box, layer_idx, n_batches in zip(crop_boxes, layer_idxs, batches):
-        done += n_batches
+    for crop_box, layer_idx, side, plan in zip(crop_boxes, layer_idxs, sides, plans):
+        done += plan
         if crop_box[2] <= crop_box[0] or crop_box[3] <= crop_box[1]:
             # generate_crop_boxes places crops past the edge of images a few pixels wide (a 1x1
             # image's second crop column starts at x=1); they hold no pixel and add nothing
             bar.set(done)
             continue
         runtime.check_interrupt()
-        run = CropRun(backend, image, crop_box, orig_size, settings, counts, lambda: bar.update(1))
+        # a batch advances the bar, never past this crop's share (hierarchical may skip batches)
+        run = CropRun(backend, image, crop_box, orig_size, settings, counts, lambda end=done: bar.set(min(bar.value + 1, end)))
         device = run.device
-        run.run(grids[layer_idx] * np.array(run.crop_size)[None, ::-1])
+        sample_crop(run, sampling, grids[layer_idx], side, proposals)
         crop = run.finish()
         bar.set(done)
         if crop is not None and len(crop["iou"]):

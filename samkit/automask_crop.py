@@ -7,12 +7,13 @@ before any mask), stability score, the "near the crop edge" rule, and at the end
 the crop. Full-size logits are made a chunk at a time and only their low-resolution logits kept.
 
 Which prompts to decode is the caller's choice (``automask_sampling.py``); ``confident`` asks a
-pass to also record where surviving masks are confident (full-size logits above that value), the
-hierarchical sampler's "already covered" map.
+pass to also record where surviving masks are confident (each mask's pixels whose logit is above
+that quantile of the mask's own pixels' logits), the hierarchical sampler's "already covered" map.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional
 
 import numpy as np
@@ -73,8 +74,8 @@ class CropRun:
     def run(self, prompts: np.ndarray, boxes: bool = False, confident: Optional[float] = None):
         """Decode ``prompts`` (float64 ``[N,2]`` points or ``[N,4]`` xyxy boxes, crop pixels) in batches.
 
-        Returns the bool ``[h, w]`` map of where surviving masks' logits exceed ``confident`` (on
-        the crop's device) when ``confident`` is given, else None.
+        Returns the bool ``[h, w]`` map (on the crop's device) of where surviving masks are
+        confident when ``confident`` (a quantile, 0..1) is given, else None.
         """
         covered = torch.zeros(self.crop_size, dtype=torch.bool, device=self.device) if confident is not None else None
         step = self.settings.points_per_batch
@@ -110,7 +111,7 @@ class CropRun:
             if not bool(keep.any()):
                 continue
             if covered is not None:
-                covered |= (logits[keep] > confident).any(0)
+                self._cover(covered, logits[keep], threshold, confident)
             boxes = batched_mask_to_box(logits[keep] > threshold)
             near_edge = is_box_near_crop_edge(boxes, self.crop_box, [0, 0, orig_w, orig_h])
             idx = keep.nonzero()[:, 0][~near_edge]
@@ -118,6 +119,15 @@ class CropRun:
                 continue
             self._parts.append((low_res[idx], boxes[~near_edge], found.iou[c : c + chunk][idx], stability[idx],
                                 pts[c : c + chunk][idx]))
+
+    @staticmethod
+    def _cover(covered: torch.Tensor, logits: torch.Tensor, threshold: float, share: float) -> None:
+        """Mark each mask's confident pixels: logits above the ``share`` quantile of its own mask pixels' logits."""
+        for mask_logits in logits:
+            inside = mask_logits[mask_logits > threshold].float()
+            if inside.numel():
+                level = inside.kthvalue(max(1, math.ceil(share * inside.numel()))).values
+                covered |= mask_logits > level
 
     def finish(self) -> Optional[dict]:
         """The crop's survivors after box NMS, in image coordinates; None when nothing survived.

@@ -91,20 +91,21 @@ def decode_objects(net: Sam2Image, embedding: Sam2Embedding, objects: list[Objec
     return Masks(masks, scores)
 
 
-def _everything(model: LoadedModel, image: np.ndarray) -> Masks:
+def _everything(model: LoadedModel, image: np.ndarray, sampling: str, proposals) -> Masks:
     from .automask import generate_segments
     from .sam2_backend import SAM2_DEFAULTS, Sam2Backend
 
-    segments = generate_segments(Sam2Backend(model.runner), image, SAM2_DEFAULTS)
+    segments = generate_segments(Sam2Backend(model.runner), image, SAM2_DEFAULTS, sampling=sampling, proposals=proposals)
     return Masks(segments.compact, segments.predicted_iou.float())
 
 
 def segment_prompted(model: LoadedModel, image: np.ndarray, prompts: ImagePrompts, confidence: float,
-                     cache: EmbeddingCache | None = None) -> Masks:
+                     cache: EmbeddingCache | None = None, sampling: str = "grid", proposals=None) -> Masks:
     """Objects for one RGB uint8 image's prompts (no prompt: SAM 2's everything mode with
-    ``SAM2AutomaticMaskGenerator``'s defaults; background points only: its segments not under them)."""
+    ``SAM2AutomaticMaskGenerator``'s defaults and ``sampling`` / ``proposals`` as in
+    ``automask.generate_segments``; background points only: its segments not under them)."""
     if prompts.empty or not (prompts.boxes or prompts.has_positive):
-        found = _everything(model, image)
+        found = _everything(model, image, sampling, proposals)
         if prompts.points:
             under = found.masks.values_at([int(x) for x, _ in prompts.points], [int(y) for _, y in prompts.points])
             found = found.keep(~under.any(dim=1))

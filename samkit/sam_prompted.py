@@ -141,18 +141,19 @@ def decode_objects(sam, embedding: ImageEmbedding, objects: list[ObjectPrompt]) 
     return Masks(masks, scores)
 
 
-def _everything(model: LoadedModel, image: np.ndarray) -> Masks:
+def _everything(model: LoadedModel, image: np.ndarray, sampling: str, proposals) -> Masks:
     from .automask import AutoMaskSettings, generate_segments
 
-    segments = generate_segments(model.runner, image, AutoMaskSettings())
+    segments = generate_segments(model.runner, image, AutoMaskSettings(), sampling=sampling, proposals=proposals)
     return Masks(segments.compact, segments.predicted_iou.float())
 
 
 def segment_prompted(model: LoadedModel, image: np.ndarray, prompts: ImagePrompts, confidence: float,
-                     cache: EmbeddingCache | None = None) -> Masks:
-    """Objects for one RGB uint8 image's prompts (no prompt: SAM's everything mode)."""
+                     cache: EmbeddingCache | None = None, sampling: str = "grid", proposals=None) -> Masks:
+    """Objects for one RGB uint8 image's prompts (no prompt: SAM's everything mode with ``sampling``
+    and, for object-aware, ``proposals``: see ``automask.generate_segments``)."""
     if prompts.empty or not (prompts.boxes or prompts.has_positive):
-        found = _everything(model, image)
+        found = _everything(model, image, sampling, proposals)
         if prompts.points:  # background points only: drop the segments under them (FastSAM's rule)
             under = found.masks.values_at([int(x) for x, _ in prompts.points], [int(y) for _, y in prompts.points])
             found = found.keep(~under.any(dim=1))

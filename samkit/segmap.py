@@ -17,10 +17,12 @@ import torch
 
 from . import outputs, precision, runtime
 from .automask import AutoMaskSettings, generate_segments
+from .automask_sampling import as_proposals, check as check_sampling
 from .compact import CompactMasks
 from .images import as_image_batch, to_uint8_rgb
 from .loaded_model import LoadedModel
 from .painting import colour_labels, order_by_area, palette
+from .sampling_params import DEFAULT_SAMPLING
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +43,15 @@ class SegMapResult:
     found: list[int]
 
 
-def _segments_of(model: LoadedModel, image_u8, settings: AutoMaskSettings) -> CompactMasks:
+def _segments_of(model: LoadedModel, image_u8, settings: AutoMaskSettings, sampling: str, proposals) -> CompactMasks:
     """Compact masks of one image, in the model's order."""
     if model.is_sam:
-        return generate_segments(model.runner, image_u8, settings).compact
+        return generate_segments(model.runner, image_u8, settings, sampling=sampling, proposals=proposals).compact
     if model.is_sam2:
         from .sam2_backend import Sam2Backend  # SAM 2 / 2.1 through the same driver
 
-        return generate_segments(Sam2Backend(model.runner), image_u8, settings).compact
+        return generate_segments(Sam2Backend(model.runner), image_u8, settings, sampling=sampling,
+                                 proposals=proposals).compact
     if model.is_fastsam:
         from .fastsam import segment_everything  # FastSAM's own everything mode
 
@@ -86,9 +89,14 @@ def _ensure_fits(counts: list[int], pending: int, h: int, w: int, max_segments: 
 
 def segmentation_map(
     model: LoadedModel, image: torch.Tensor, settings: AutoMaskSettings | None = None, seed: int = 0,
-    max_segments: int = 0, segment_masks: bool = True,
+    max_segments: int = 0, segment_masks: bool = True, sampling: str = DEFAULT_SAMPLING, proposals=None,
 ) -> SegMapResult:
     """Segment everything in each image of ``image`` (IMAGE ``[B,H,W,C]``) and paint it.
+
+    ``sampling`` (``sampling_params.SAMPLING``) chooses the SAM family's prompts: ``grid``,
+    ``hierarchical`` or ``object-aware``, which takes its boxes from ``proposals`` (a FastSAM
+    ``LoadedModel``, or a function crop RGB -> xyxy boxes; ``automask_sampling``). FastSAM models
+    run their own everything mode and ignore both.
 
     ``max_segments`` (0 = no limit) keeps only each image's largest segments in ``segments``; the
     map and coverage still show every segment. ``segment_masks=False`` skips the ``segments``
@@ -96,6 +104,9 @@ def segmentation_map(
     ``outputs.OutputTooLarge`` when the outputs would not fit in the output device's free memory.
     """
     settings = (settings or AutoMaskSettings()).validate()
+    check_sampling(sampling, proposals if model.is_sam else "unused")
+    proposal_model = proposals if model.is_sam and getattr(proposals, "is_fastsam", False) else None
+    proposals = as_proposals(proposals) if model.is_sam else None  # a SAM model as proposer: refused here
     if isinstance(max_segments, bool) or not isinstance(max_segments, int) or max_segments < 0:
         raise ValueError(f"max_segments must be a whole number, 0 (no limit) or more, got {max_segments!r}")
     batch = as_image_batch(image)
@@ -104,12 +115,14 @@ def segmentation_map(
     # even one segment per image may not fit: say so before any model work
     _ensure_fits([], b, h, w, max_segments, segment_masks, out)
     runtime.prepare_model(model)
+    if proposal_model is not None:
+        runtime.prepare_model(proposal_model)
 
     stores: list[CompactMasks] = []
     for i in range(b):
         runtime.check_interrupt()
         with precision.for_model(model):  # model work only: painting below stays exact fp32
-            found = _segments_of(model, to_uint8_rgb(batch[i]), settings)
+            found = _segments_of(model, to_uint8_rgb(batch[i]), settings, sampling, proposals)
         stores.append(found[order_by_area(found.areas)])
         del found
         if i + 1 < b:  # fail as soon as the images so far are too many

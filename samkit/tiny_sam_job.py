@@ -12,7 +12,8 @@ prompts (parsed and checked by ``prompts.py``; one list per image or the same fo
   whose predicted mask quality is lower. ``size`` and ``iou`` do not apply: SAM's encoder input
   size is fixed by the checkpoint, and prompted objects are not de-duplicated.
 * No prompt at all (fal's defaults): every object (FastSAM's everything pass; for the SAM family,
-  segment-anything's automatic mask generator with its default settings).
+  everything mode with segment-anything's default thresholds and the request's ``sampling``:
+  ``grid``, ``hierarchical`` or ``object-aware`` with a FastSAM proposal model, ``sampling_params``).
 
 Outputs, all at the input's resolution, on ``runtime.output_device()``:
 
@@ -49,6 +50,8 @@ from .loaded_model import LoadedModel
 from .overlay import paint_labels
 from .painting import order_by_area
 from .prompts import ImagePrompts, parse_prompts
+from .automask_sampling import as_proposals, check as check_everything
+from .sampling_params import DEFAULT_SAMPLING, check_sampling
 from .tiny_sam_params import CONFIDENCE, IOU, NO_BOX, NO_LABEL, NO_POINT, SIZE
 
 
@@ -66,10 +69,13 @@ class TinySamRequest:
     positive_coords: Any = None
     negative_coords: Any = None
     xyxy_boxes: Any = None
+    #: everything mode's prompts for SAM-family models when there is no prompt (sampling_params)
+    sampling: str = DEFAULT_SAMPLING
 
     def validate(self) -> "TinySamRequest":
         for param in (SIZE, CONFIDENCE, IOU):
             param.check(getattr(self, param.name))
+        check_sampling(self.sampling)
         return self
 
     def prompts_for(self, batch: int, width: int, height: int) -> list[ImagePrompts]:
@@ -87,9 +93,11 @@ class TinySamResult:
     counts: list = field(default_factory=list)  # objects per image
 
 
-def find_objects(model: LoadedModel, image, prompts: ImagePrompts, request: TinySamRequest) -> tuple[CompactMasks, torch.Tensor]:
+def find_objects(model: LoadedModel, image, prompts: ImagePrompts, request: TinySamRequest,
+                 proposals=None) -> tuple[CompactMasks, torch.Tensor]:
     """One RGB uint8 image's non-empty objects (compact masks, scores) in output order: what the node
-    outputs for it, and what the editor's live preview (``preview.py``) shows."""
+    outputs for it, and what the editor's live preview (``preview.py``) shows. ``proposals``: the
+    FastSAM model object-aware sampling takes its boxes from, when there is no prompt."""
     if model.is_fastsam:
         from .fastsam import segment_prompted
 
@@ -97,11 +105,13 @@ def find_objects(model: LoadedModel, image, prompts: ImagePrompts, request: Tiny
     elif model.is_sam:
         from .sam_prompted import segment_prompted
 
-        found = segment_prompted(model, image, prompts, request.confidence)
+        found = segment_prompted(model, image, prompts, request.confidence, sampling=request.sampling,
+                                 proposals=proposals)
     elif model.is_sam2:
         from .sam2_prompted import segment_prompted
 
-        found = segment_prompted(model, image, prompts, request.confidence)
+        found = segment_prompted(model, image, prompts, request.confidence, sampling=request.sampling,
+                                 proposals=proposals)
     else:
         raise ValueError(f"Tiny SAM cannot run a {model.family!r} model; load FastSAM, MobileSAM, TinySAM, SAM or SAM 2")
     masks = found.masks if isinstance(found.masks, CompactMasks) else CompactMasks.from_dense(found.masks)
@@ -134,20 +144,30 @@ def _remedies(per_image: list[ImagePrompts]):
     return remedies
 
 
-def segment_with_prompts(model: LoadedModel, image: torch.Tensor, request: TinySamRequest | None = None) -> TinySamResult:
+def segment_with_prompts(model: LoadedModel, image: torch.Tensor, request: TinySamRequest | None = None,
+                         proposals=None) -> TinySamResult:
     """Tiny SAM on each image of ``image`` (IMAGE ``[B,H,W,C]``); see the module docstring for the outputs.
 
-    Raises ``ValueError`` for bad prompts or settings and ``outputs.OutputTooLarge`` when the
-    outputs would not fit in the output device's free memory.
+    ``proposals``: the FastSAM ``LoadedModel`` (or boxes function) object-aware sampling takes its
+    boxes from, for SAM-family models on images without a prompt. Raises ``ValueError`` for bad
+    prompts or settings (object-aware without proposals included) and ``outputs.OutputTooLarge``
+    when the outputs would not fit in the output device's free memory.
     """
     request = (request or TinySamRequest()).validate()
     batch = as_image_batch(image)
     b, h, w, _ = batch.shape
     per_image = request.prompts_for(b, w, h)  # bad prompts fail before any model work
+    everything = any(not (p.boxes or p.has_positive) for p in per_image)
+    if model.is_sam and everything:
+        check_everything(request.sampling, proposals)  # object-aware needs them: fail before model work
+    proposal_model = proposals if getattr(proposals, "is_fastsam", False) else None
+    proposals = as_proposals(proposals) if model.is_sam and everything else None
     out = runtime.output_device()
     remedies = _remedies(per_image)
     _OUTPUTS.ensure_fits([], b, h, w, out, remedies)
     runtime.prepare_model(model)
+    if proposal_model is not None and proposals is not None:
+        runtime.prepare_model(proposal_model)
 
     found: list[tuple[CompactMasks, torch.Tensor]] = []
     bar = runtime.progress(b, "Tiny SAM")
@@ -155,7 +175,7 @@ def segment_with_prompts(model: LoadedModel, image: torch.Tensor, request: TinyS
         for i in range(b):
             runtime.check_interrupt()
             with precision.for_model(model):  # model work only: the outputs below stay exact fp32
-                found.append(find_objects(model, to_uint8_rgb(batch[i]), per_image[i], request))
+                found.append(find_objects(model, to_uint8_rgb(batch[i]), per_image[i], request, proposals))
             _OUTPUTS.ensure_fits([len(m) for m, _ in found], b - i - 1, h, w, out, remedies)
             bar.update(1)
     finally:

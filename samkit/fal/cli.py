@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from .. import runtime
+from .. import sampling_params as S
 from . import schemas
 from .handlers import segmentation_map_handler, tiny_sam_handler
 from .hosting import serve
@@ -93,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pred-iou-thresh", type=float, default=0.88, help="seg map: predicted quality threshold")
     p.add_argument("--stability-score-thresh", type=float, default=0.95, help="seg map: stability threshold")
     p.add_argument("--min-mask-region-area", type=int, default=0, help="seg map: remove regions below this many pixels")
+    p.add_argument("--sampling", default=S.DEFAULT_SAMPLING, choices=list(S.SAMPLING),
+                   help=f"everything mode's prompts when a request gives no 'sampling' (default {S.DEFAULT_SAMPLING}): "
+                        + "; ".join(f"{k}: {v}" for k, v in S.HELP.items()))
+    p.add_argument("--proposal-model", help="FastSAM model whose boxes object-aware sampling decodes (e.g. FastSAM-s.pt)")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -136,15 +141,23 @@ def main(argv: Optional[list] = None) -> int:
     runtime.install(progress=lambda total, label="": runtime.TerminalProgress(total, label))
     handlers: dict[str, Handler] = {}
     try:
+        proposals = load_model(args.proposal_model, args.device, args.precision) if args.proposal_model else None
+        if proposals is not None and not proposals.is_fastsam:
+            raise ValueError(f"--proposal-model {args.proposal_model}: a FastSAM model is needed (FastSAM-s.pt, "
+                             f"FastSAM-x.pt), not a {proposals.family!r} model")
+        if args.sampling == S.OBJECT_AWARE and proposals is None:
+            raise ValueError(S.missing_proposals())
         if tiny_name:
-            handlers[schemas.TINY_SAM] = tiny_sam_handler(load_model(tiny_name, args.device, args.precision))
+            handlers[schemas.TINY_SAM] = tiny_sam_handler(load_model(tiny_name, args.device, args.precision),
+                                                          args.sampling, proposals)
         if segmap_name:
             settings = AutoMaskSettings(points_per_side=args.points_per_side, pred_iou_thresh=args.pred_iou_thresh,
                                         stability_score_thresh=args.stability_score_thresh,
                                         min_mask_region_area=args.min_mask_region_area).validate()
             # the loader caches by file, so one --model is loaded once for both endpoints
             model = load_model(segmap_name, args.device, args.precision)
-            handlers[schemas.SEGMENTATION_MAP] = segmentation_map_handler(model, settings)
+            handlers[schemas.SEGMENTATION_MAP] = segmentation_map_handler(model, settings, sampling=args.sampling,
+                                                                          proposals=proposals)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ import threading
 
 from . import schemas
 from .jobs import Handler, JobContext
+from ..sampling_params import DEFAULT_SAMPLING
 
 
 _model_locks: "dict[int, threading.Lock]" = {}
@@ -25,38 +26,65 @@ def model_lock(model) -> threading.Lock:
         return _model_locks.setdefault(id(model.module), threading.Lock())
 
 
-def tiny_sam_handler(model) -> Handler:
-    """``fal-ai/tiny-sam`` → ``samkit.tiny_sam_job.segment_with_prompts``; answers its combined image."""
+class _Locks:
+    """The locks of every model a job uses, taken in one order (no two jobs wait on each other)."""
+
+    def __init__(self, *models):
+        self.locks = sorted({id(m.module): model_lock(m) for m in models if m is not None}.items())
+
+    def __enter__(self):
+        for _, lock in self.locks:
+            lock.acquire()
+
+    def __exit__(self, *exc):
+        for _, lock in reversed(self.locks):
+            lock.release()
+
+
+def tiny_sam_handler(model, sampling: str = DEFAULT_SAMPLING, proposals=None) -> Handler:
+    """``fal-ai/tiny-sam`` → ``samkit.tiny_sam_job.segment_with_prompts``; answers its combined image.
+
+    ``sampling``: everything mode's prompts when a request has no prompt and gives no ``sampling``;
+    ``proposals``: the FastSAM model object-aware sampling uses (the server's ``--proposal-model``).
+    """
     from ..tiny_sam_job import TinySamRequest, segment_with_prompts
 
-    lock = model_lock(model)
+    lock = _Locks(model, proposals)
 
     def handle(arguments: dict, ctx: JobContext):
         a = schemas.with_tiny_sam_defaults(arguments)
         image = ctx.image()
         request = TinySamRequest(size=a["size"], confidence=a["confidence"], box_prompt=a["box_prompt"],
-                                 point_prompt=a["point_prompt"], point_label=a["point_label"])
+                                 point_prompt=a["point_prompt"], point_label=a["point_label"],
+                                 sampling=arguments.get("sampling", sampling))
         ctx.log(f"Tiny SAM with {model.name} on a {image.shape[2]}x{image.shape[1]} image")
         with lock:
-            result = segment_with_prompts(model, image, request)
+            result = segment_with_prompts(model, image, request, proposals=proposals)
         ctx.log(f"{result.counts[0]} object(s)")
         return result.image[0]
 
     return handle
 
 
-def segmentation_map_handler(model, settings=None, seed: int = 0) -> Handler:
-    """``fal-ai/image-preprocessors/sam`` → ``samkit.segmap.segmentation_map``; answers the colour map."""
+def segmentation_map_handler(model, settings=None, seed: int = 0, sampling: str = DEFAULT_SAMPLING,
+                             proposals=None) -> Handler:
+    """``fal-ai/image-preprocessors/sam`` → ``samkit.segmap.segmentation_map``; answers the colour map.
+
+    ``sampling``: the default when a request gives none; ``proposals``: the FastSAM model for
+    object-aware sampling (the server's ``--proposal-model``).
+    """
     from ..segmap import segmentation_map
 
-    lock = model_lock(model)
+    lock = _Locks(model, proposals)
 
     def handle(arguments: dict, ctx: JobContext):
         image = ctx.image()
-        ctx.log(f"segmentation map with {model.name} on a {image.shape[2]}x{image.shape[1]} image")
+        chosen = arguments.get("sampling", sampling)
+        ctx.log(f"segmentation map with {model.name} ({chosen} sampling) on a {image.shape[2]}x{image.shape[1]} image")
         with lock:
             # the endpoint answers the map alone: the per-segment masks are never built
-            result = segmentation_map(model, image, settings, seed, segment_masks=False)
+            result = segmentation_map(model, image, settings, seed, segment_masks=False, sampling=chosen,
+                                      proposals=proposals)
         ctx.log(f"{result.counts[0]} segment(s)")
         return result.seg_map[0]
 

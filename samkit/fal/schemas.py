@@ -9,6 +9,10 @@ self-hosted server runs FastSAM with the local node's default).
 
 ``fal-ai/image-preprocessors/sam``: ``image_url`` only.
 
+The self-hosted server also accepts ``sampling`` on both endpoints (everything mode's prompts,
+``samkit/sampling_params.py``: ``grid``, ``hierarchical``, ``object-aware``; its default is the
+server's ``--sampling``). fal's own endpoints do not know it, so the pack's client never sends it.
+
 Both answer ``{"image": {"url", "content_type", "file_name", "file_size", "width", "height"}}``.
 
 Validation follows pydantic's rules as FastAPI reports them (``{"loc": ["body", field],
@@ -24,6 +28,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from ..sampling_params import SAMPLING
 from ..tiny_sam_params import CONFIDENCE, NO_BOX, NO_LABEL, NO_POINT, SIZE
 
 TINY_SAM = "fal-ai/tiny-sam"
@@ -166,9 +171,19 @@ def _check_fields(body: Any, allowed: tuple) -> tuple[Optional[dict], list[dict]
     return body, errors
 
 
+#: fields only the self-hosted server knows (see the module docstring)
+SERVER_EXTRAS = ("sampling",)
+
+
+def _check_sampling(body: dict) -> list[dict]:
+    if "sampling" not in body or body["sampling"] in SAMPLING:
+        return []
+    return [_err(["sampling"], f"Input should be {', '.join(repr(s) for s in SAMPLING)}", "enum")]
+
+
 def validate_tiny_sam(body: Any) -> list[dict]:
     """Errors in fal's 422 ``detail`` shape; empty when ``body`` is a valid tiny-sam input."""
-    body, errors = _check_fields(body, ("image_url", *TINY_SAM_DEFAULTS))
+    body, errors = _check_fields(body, ("image_url", *TINY_SAM_DEFAULTS, *SERVER_EXTRAS))
     if body is None:
         return errors
     errors += _check_number(body, "size", *SIZE_RANGE, integer=True)
@@ -176,11 +191,12 @@ def validate_tiny_sam(body: Any) -> list[dict]:
     errors += _check_list_of_lists(body, "box_prompt", 4)
     errors += _check_list_of_lists(body, "point_prompt", 2)
     errors += _check_labels(body)
-    return errors
+    return errors + _check_sampling(body)
 
 
 def validate_segmentation_map(body: Any) -> list[dict]:
-    return _check_fields(body, ("image_url",))[1]
+    body, errors = _check_fields(body, ("image_url", *SERVER_EXTRAS))
+    return errors if body is None else errors + _check_sampling(body)
 
 
 VALIDATORS: dict[str, Callable[[Any], list]] = {TINY_SAM: validate_tiny_sam, SEGMENTATION_MAP: validate_segmentation_map}
