@@ -19,7 +19,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 from torchvision.ops.boxes import batched_nms
-from segment_anything.utils.amg import batched_mask_to_box, is_box_near_crop_edge, uncrop_boxes_xyxy, uncrop_points
+from segment_anything.utils.amg import is_box_near_crop_edge, uncrop_boxes_xyxy, uncrop_points
 
 from . import runtime
 from .automask_settings import AutoMaskSettings
@@ -50,6 +50,23 @@ def stability_score(logits: torch.Tensor, threshold: float, offset: float) -> to
     inter = (logits > (threshold + offset)).sum(-1, dtype=torch.int16).sum(-1, dtype=torch.int32)
     union = (logits > (threshold - offset)).sum(-1, dtype=torch.int16).sum(-1, dtype=torch.int32)
     return inter / union
+
+
+def mask_boxes(logits: torch.Tensor, threshold: float) -> torch.Tensor:
+    """``batched_mask_to_box(logits > threshold)`` (segment-anything's amg.py: inclusive xyxy pixel
+    corners, int64, ``[0, 0, 0, 0]`` for an empty mask) from each mask's row and column maxima,
+    without making the ``[N, H, W]`` bool masks: the boxes took a fifth of the grid's time on a CPU
+    (thresholded copies, then a max over each axis), this about a tenth of that."""
+    rows = logits.amax(dim=-1) > threshold  # [N, H]: rows holding a mask pixel
+    cols = logits.amax(dim=-2) > threshold  # [N, W]
+    h, w = rows.shape[-1], cols.shape[-1]
+    ys = torch.arange(h, device=logits.device)
+    xs = torch.arange(w, device=logits.device)
+    bottom, top = (rows * ys).amax(-1), (ys + h * ~rows).amin(-1)
+    right, left = (cols * xs).amax(-1), (xs + w * ~cols).amin(-1)
+    boxes = torch.stack([left, top, right, bottom], dim=-1)
+    empty = (right < left) | (bottom < top)
+    return boxes * (~empty).unsqueeze(-1)
 
 
 class CropRun:
@@ -112,7 +129,7 @@ class CropRun:
                 continue
             if covered is not None:
                 self._cover(covered, logits[keep], threshold, confident)
-            boxes = batched_mask_to_box(logits[keep] > threshold)
+            boxes = mask_boxes(logits, threshold)[keep]
             near_edge = is_box_near_crop_edge(boxes, self.crop_box, [0, 0, orig_w, orig_h])
             idx = keep.nonzero()[:, 0][~near_edge]
             if idx.numel() == 0:

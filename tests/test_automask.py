@@ -122,3 +122,27 @@ def test_bad_settings_are_clear_errors(random_sam, bad):
 def test_rejects_non_rgb_uint8(random_sam):
     with pytest.raises(ValueError, match="RGB uint8"):
         generate_segments(random_sam, _scene().astype(np.float32), AutoMaskSettings(points_per_side=2))
+
+
+def test_mask_boxes_equal_the_references_boxes_of_the_thresholded_masks():
+    # automask_crop.mask_boxes replaces amg.batched_mask_to_box(logits > t) on the hot path; it must
+    # give the same int64 boxes for every kind of mask: empty, one pixel, touching each border, full,
+    # several blobs, and on odd sizes (rows and columns are separate reductions)
+    from segment_anything.utils.amg import batched_mask_to_box
+
+    from comfyui_sam_kit.samkit.automask_crop import mask_boxes
+
+    g = torch.Generator().manual_seed(7)
+    for h, w in [(1, 1), (1, 9), (7, 1), (37, 53), (64, 64)]:
+        logits = torch.randn(12, h, w, generator=g) * 4 - 6  # mostly below 0: sparse masks
+        logits[0] = -5.0  # empty
+        logits[1] = -5.0
+        logits[1, h // 2, w // 2] = 3.0  # one pixel
+        logits[2] = 5.0  # full
+        logits[3] = -5.0
+        logits[3, :, -1] = 1.0  # the last column only
+        logits[4] = -5.0
+        logits[4, -1, :] = 1.0  # the last row only
+        expected = batched_mask_to_box(logits > 0.0)
+        got = mask_boxes(logits, 0.0)
+        assert got.dtype == expected.dtype and torch.equal(got, expected), (h, w)
