@@ -28,7 +28,7 @@ SETTINGS = AutoMaskSettings(**EVERYTHING_SETTINGS)
 #: needs a second model loads it only when it runs). A sampling mode is one more line here, e.g.
 #: "hierarchical": lambda: {"sampling": "hierarchical"}; it is then held to the grid's recall too.
 MODES = {
-    "grid": lambda: {},
+    "grid": lambda: {"sampling": "grid"},
 }
 
 # Measured on QUALITY_SCENES (8 held-out scenes, 45 shapes) with these settings (torch 2.14.1, CPU):
