@@ -106,8 +106,9 @@ def bench_segmap(sam, image: np.ndarray, pps: int, device: torch.device, pred_io
 
 
 def bench_sampling(sam, image: np.ndarray, pps: int, device: torch.device, pred_iou: float, stability: float,
-                   proposal_model, proposal_size: int) -> list[dict]:
-    """(a2): per sampling mode, the reference then the mode (alternating), one run each."""
+                   proposal_model, proposal_size: int, reference: bool = True) -> list[dict]:
+    """(a2): per sampling mode, the reference then the mode (alternating), one run each; with
+    ``reference`` False the modes alone (for sizes where the reference would take many minutes)."""
     from segment_anything import SamAutomaticMaskGenerator
 
     settings = AutoMaskSettings(points_per_side=pps, pred_iou_thresh=pred_iou, stability_score_thresh=stability)
@@ -115,7 +116,8 @@ def bench_sampling(sam, image: np.ndarray, pps: int, device: torch.device, pred_
     proposals(image[:64, :64])  # warm-up: ultralytics builds its predictor on the first call
     out = []
     for mode in SAMPLING:
-        records, ref_s = timed(lambda: SamAutomaticMaskGenerator(sam, **settings.reference_kwargs()).generate(image), device)
+        records, ref_s = (timed(lambda: SamAutomaticMaskGenerator(sam, **settings.reference_kwargs()).generate(image),
+                                device) if reference else ([], float("nan")))
         counts = FilterCounts()
         segments, our_s = timed(lambda: generate_segments(sam, image, settings, counts, sampling=mode, proposals=proposals),
                                 device)
@@ -251,6 +253,8 @@ def main(argv=None) -> int:
     parser.add_argument("--pred-iou-thresh", type=float, default=0.88)
     parser.add_argument("--stability-score-thresh", type=float, default=0.95)
     parser.add_argument("--fastsam-scale", default="s", choices=["n", "s", "x"])
+    parser.add_argument("--pack-only", action="store_true",
+                        help="(a2) times the sampling modes without the reference runs")
     parser.add_argument("--skip", default="", help="comma-separated sections to skip: segmap,sampling,prompt,fastsam,remote")
     args = parser.parse_args(argv)
     if args.quick:
@@ -284,7 +288,10 @@ def main(argv=None) -> int:
     if "sampling" not in skip:
         fs_model = loader.load_model(str(fs_path), device=args.loader_device, precision="fp32")
         for r in bench_sampling(sam, image, args.points_per_side, device, args.pred_iou_thresh,
-                                args.stability_score_thresh, fs_model, fs_size):
+                                args.stability_score_thresh, fs_model, fs_size, reference=not args.pack_only):
+            if args.pack_only:
+                print(f"(a2) sampling {r['mode']}: ours {fmt_s(r['ours_s'])} ({r['our_count']} masks); {r['counts']}")
+                continue
             print(f"(a2) sampling {r['mode']}: reference {fmt_s(r['ref_s'])} ({r['ref_count']} masks), ours "
                   f"{fmt_s(r['ours_s'])} ({r['our_count']} masks); {r['speedup']:.1f}x faster; matched "
                   f"{r['matched']}/{r['ref_count']}, mean IoU {r['mean_iou']:.3f}")
