@@ -105,6 +105,16 @@ def test_rle_decodes_masks_encoded_by_the_formats_definitions():
         decode_rle("abc", H, W)
 
 
+def test_rle_with_numbers_past_int64_or_sizes_past_the_image_is_refused_by_name():
+    # a malformed answer must give RLEError (the node's "fal answered ..." message), never an
+    # OverflowError / IndexError from numpy or an allocation of terabytes
+    for text in ("99999999999999999999 1", "4611686018427387905 4611686018427387904", "1 99999999999999999999"):
+        with pytest.raises(RLEError, match="runs past the last pixel"):
+            decode_rle(text, 4, 4)
+    with pytest.raises(RLEError, match="larger than"):
+        decode_rle({"size": [3_000_000, 3_000_000], "counts": [9_000_000_000_000]}, 4, 4)
+
+
 def _plain_counts(mask):
     flat = mask.T.reshape(-1).astype(np.int8)
     change = np.nonzero(np.diff(np.concatenate([[0], flat, [1 - flat[-1]]])))[0]
