@@ -75,6 +75,17 @@ def test_which_addresses_count_as_public(address, public):
     assert url_fetch.is_public(address) is public
 
 
+# IPv6 forms that carry an IPv4 address a gateway connects to: NAT64 (RFC 6052 64:ff9b::/96, RFC 8215
+# 64:ff9b:1::/48), 6to4 (RFC 3056 2002::/16) and IPv4-compatible (::/96). On an IPv6-only network with
+# DNS64, 64:ff9b::a9fe:a9fe *is* 169.254.169.254, so a name with that AAAA answer must be refused.
+@pytest.mark.parametrize("address,public", [("64:ff9b::7f00:1", False), ("64:ff9b::a9fe:a9fe", False),
+                                            ("64:ff9b::808:808", True), ("64:ff9b:1::a00:1", False),
+                                            ("2002:a00:1::", False), ("2002:808:808::1", True),
+                                            ("::7f00:1", False), ("::a00:1", False)])
+def test_ipv6_forms_embedding_an_ipv4_address_are_judged_by_that_address(address, public):
+    assert url_fetch.is_public(address) is public
+
+
 def test_a_fetched_url_and_an_octet_stream_data_uri_are_judged_by_their_bytes(site):
     url, _recorded, _png = site
     png_b64 = _data_uri().split(",", 1)[1]

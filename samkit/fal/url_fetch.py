@@ -7,7 +7,8 @@ with a key make the GPU box call into the studio's network (SSRF):
 * the host must be on the allow-list (``--fetch-host`` / ``--webhook-host``): an exact name or
   address, or ``*.example.com`` for its sub-domains;
 * every address the name resolves to must be public (not private, loopback, link-local,
-  multicast, reserved or unspecified; IPv4-mapped IPv6 judged as IPv4) unless
+  multicast, reserved or unspecified; IPv6 forms carrying an IPv4 address (mapped, NAT64,
+  6to4, compatible) judged as that IPv4 address) unless
   ``allow_private``; the connection then goes to the address that was checked (the certificate
   is still verified for the name), so a DNS answer that changes between check and connect
   cannot reach an internal address;
@@ -81,10 +82,31 @@ def check_url(url: Any, policy: OutboundPolicy, what: str = "URL"):
     return parts
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052 well-known prefix: a gateway connects to the IPv4
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215 local-use: not globally reachable
+_V4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated IPv4-compatible form (RFC 4291 2.5.5.1)
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> Optional[ipaddress.IPv4Address]:
+    """The IPv4 address an IPv6 one reaches through a translator or tunnel (mapped, NAT64, 6to4, compatible)."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in _NAT64 or (ip in _V4_COMPATIBLE and int(ip) > 1):  # :: and ::1 stay themselves
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
 def is_public(address: str) -> bool:
+    """Whether the server may connect to ``address`` (text, IPv4 or IPv6, optional ``%zone``): a global,
+    non-multicast address; an IPv6 one that carries an IPv4 address (:func:`_embedded_ipv4`) is judged by
+    that IPv4 address, since on a NAT64 / 6to4 network connecting to it reaches that IPv4 host."""
     ip = ipaddress.ip_address(address.split("%")[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _NAT64_LOCAL:
+            return False
+        ip = _embedded_ipv4(ip) or ip
     return ip.is_global and not ip.is_multicast
 
 
