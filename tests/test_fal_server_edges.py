@@ -40,6 +40,16 @@ def site(certs, monkeypatch):
         yield url, recorded, png
 
 
+def test_a_body_that_is_not_json_or_nested_past_pythons_parser_is_a_422_not_a_500():
+    # json.loads raises RecursionError (not ValueError) on deep nesting; the server must answer
+    # fal's 422 shape for it as for any other body that is not JSON
+    with serve() as (server, base, _f), _http(base) as http:
+        for raw in (b"{not json", b"[" * 100_000):
+            answer = http.post(f"/{schemas.SEGMENTATION_MAP}", content=raw, headers={"Content-Type": "application/json"})
+            assert answer.status_code == 422 and answer.json()["detail"][0]["type"] == "json_invalid"
+        assert not server.jobs
+
+
 # ---------------------------------------------------------------- fetching image URLs
 
 

@@ -170,7 +170,7 @@ class FalServer(JobQueue):
         raw = await request.read()
         try:
             arguments = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's parser goes
             return self._json({"detail": [{"loc": ["body"], "msg": "Invalid JSON", "type": "json_invalid"}]}, 422)
         errors = schemas.VALIDATORS[endpoint_id](arguments) + self._url_errors(arguments)
         if webhook is not None:
