@@ -96,7 +96,9 @@ def test_submit_status_result_and_file_have_fals_shapes():
 def test_keys_are_checked_on_every_queue_call():
     with serve() as (_server, base, _f), _http(base) as http:
         rid = _submit(http).json()["request_id"]
-        for headers in ({}, {"Authorization": "Key nope:nope"}, {"Authorization": f"Bearer {SERVER_KEY}"}):
+        # bytes that are not UTF-8 (a garbled or hostile header) are a wrong key too, not a 500
+        for headers in ({}, {"Authorization": "Key nope:nope"}, {"Authorization": f"Bearer {SERVER_KEY}"},
+                        {"Authorization": b"Key \xff\xfe"}):
             for method, path in (("POST", f"/{schemas.TINY_SAM}"), ("GET", f"/fal-ai/image-preprocessors/requests/{rid}/status"),
                                  ("GET", f"/fal-ai/image-preprocessors/requests/{rid}"),
                                  ("PUT", f"/fal-ai/image-preprocessors/requests/{rid}/cancel")):

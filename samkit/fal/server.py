@@ -128,7 +128,7 @@ class FalServer(JobQueue):
         scheme, _, given = header.partition(" ")
         if scheme.lower() != "key" or not given:
             return False
-        given_b = given.strip().encode()
+        given_b = given.strip().encode("utf-8", "surrogateescape")  # aiohttp keeps non-UTF-8 bytes as surrogates
         ok = False
         for key in self.settings.keys:  # compare against every key: no timing hint about which matched
             ok |= hmac.compare_digest(given_b, key.encode())
