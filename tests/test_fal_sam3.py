@@ -113,6 +113,8 @@ def test_rle_with_numbers_past_int64_or_sizes_past_the_image_is_refused_by_name(
             decode_rle(text, 4, 4)
     with pytest.raises(RLEError, match="larger than"):
         decode_rle({"size": [3_000_000, 3_000_000], "counts": [9_000_000_000_000]}, 4, 4)
+    with pytest.raises(RLEError, match="does not parse"):  # json.loads raises RecursionError on this
+        decode_rle('{"a": ' * 5000, 4, 4)
 
 
 def _plain_counts(mask):

@@ -46,7 +46,7 @@ def decode_rle(value: Any, height: int, width: int) -> np.ndarray:
     if isinstance(value, str) and value.lstrip().startswith("{"):
         try:
             value = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting past Python's parser
             raise RLEError("the RLE looks like JSON but does not parse") from None
     if isinstance(value, dict):
         return _decode_coco(value, max(COCO_AREA_FACTOR * height * width, COCO_MIN_AREA))
