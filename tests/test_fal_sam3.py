@@ -285,3 +285,17 @@ def test_normalised_boxes_are_scaled_to_the_input_and_kept_inside_it():
     # fal's [cx, cy, w, h] of a box half outside the left edge: clipped to the image, not negative
     assert _box(np.zeros((H, W), bool), [0.0, 0.5, 0.5, 0.25], 0.5) == {"x": 0, "y": 18, "width": 16, "height": 12,
                                                                          "score": 0.5}
+
+
+def test_non_finite_scores_and_boxes_in_an_answer_are_treated_as_absent(monkeypatch):
+    # Python's JSON reader accepts NaN / Infinity; such a box must not reach int(round(...)) (a bare
+    # "cannot convert float NaN to integer") and such a score must not reach the BOUNDING_BOX output
+    def answer(endpoint_id, body, store):
+        mask = _box_mask(body["box_prompts"][0])
+        return {"rle": [kaggle_rle(mask)], "scores": [float("nan")], "boxes": [[float("nan"), 0.5, float("inf"), 0.1]]}
+
+    with serve_sam3(answer) as server:
+        _use(monkeypatch, server)
+        masks, _union, boxes = SamKitFalSAM3().run(_image(), "sam-3 (rle)", "", "[[5,5,20,20]]", "[[0,0]]", "[0]", 3, "fal")
+    assert np.array_equal(masks[0].numpy() > 0.5, _box_mask({"x_min": 5, "y_min": 5, "x_max": 25, "y_max": 25}))
+    assert boxes == [[{"x": 5, "y": 5, "width": 21, "height": 21}]]  # from the mask, no score
