@@ -274,6 +274,20 @@ def test_cli_refuses_to_start_without_keys_or_model(tmp_path, capsys, monkeypatc
     assert "nope.pth" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option,value", [("--fetch-host", "https://example.com/x"), ("--fetch-host", "10.0.0.0/8"),
+                                          ("--fetch-host", "*"), ("--webhook-host", ""), ("--webhook-host", "a b"),
+                                          ("--fetch-timeout", "nan"), ("--fetch-max-mb", "inf"), ("--result-ttl", "nan"),
+                                          ("--port", "99999")])
+def test_cli_refuses_options_that_could_never_work_naming_them(option, value, capsys, monkeypatch):
+    # each of these used to start a server that refused every fetch / webhook (a host that can never
+    # match a URL's host), waited forever (NaN seconds), or died with a raw OverflowError (the port)
+    from comfyui_sam_kit.samkit.fal.cli import main
+
+    monkeypatch.setattr(runtime.hooks, "progress", runtime.hooks.progress)  # main() installs a terminal bar
+    assert main(["--model", "x.pth", "--no-require-key", option, value]) == 2
+    assert option in capsys.readouterr().err
+
+
 def test_cli_serves_a_model_file_until_terminated(tmp_path, _isolated_model_dir, monkeypatch):
     from comfyui_sam_kit.samkit.fal import remote
 

@@ -22,6 +22,7 @@ address); CA certificates from ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` are.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 import time
 from dataclasses import dataclass
@@ -62,6 +63,28 @@ class OutboundPolicy:
             if host == allowed.strip("[]"):
                 return True
         return False
+
+
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?"
+_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+
+
+def parse_hosts(values, option: str) -> tuple:
+    """``--fetch-host`` / ``--webhook-host`` values → the allow-list of :class:`OutboundPolicy`.
+
+    Each value is a host name (``images.example.com``), ``*.example.com`` (its sub-domains) or an
+    IP address (IPv6 with or without brackets), compared with a URL's host as is. Raises ValueError
+    naming ``option`` for anything else (a URL, a port, a network, ``*``), which no host could match.
+    """
+    hosts = []
+    for value in values:
+        host = value.strip().lower().rstrip(".")
+        name = host[2:] if host.startswith("*.") else host.strip("[]")
+        if not (_is_address(name) and not host.startswith("*.")) and not _NAME.fullmatch(name):
+            raise ValueError(f"{option} {value!r} must be a host name or address such as images.example.com, "
+                             "203.0.113.7 or *.example.com (no scheme, port, path or network)")
+        hosts.append(host if host.startswith("*.") else name)
+    return tuple(hosts)
 
 
 def check_url(url: Any, policy: OutboundPolicy, what: str = "URL"):
