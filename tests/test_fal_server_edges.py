@@ -204,7 +204,14 @@ def test_forwarded_headers_count_only_from_trusted_proxies():
              (dict(trusted_proxies=loopback), forwarded, "https://gpu.example.com/"),
              (dict(trusted_proxies=loopback), rfc, "https://gpu.example.com:8443/"),
              (dict(trusted_proxies=loopback, public_url="https://pub.example.com"), forwarded,
-              "https://pub.example.com/")]
+              "https://pub.example.com/"),
+             # a trusted proxy that appends (RFC 7239 4; X-Forwarded-* appending setups) leaves the
+             # client's own value first: the last element is the one the trusted peer wrote
+             (dict(trusted_proxies=loopback), {"X-Forwarded-Proto": "http, https",
+                                               "X-Forwarded-Host": "evil.example.net, gpu.example.com"},
+              "https://gpu.example.com/"),
+             (dict(trusted_proxies=loopback), {"Forwarded": 'host=evil.example.net;proto=http, ' + rfc["Forwarded"]},
+              "https://gpu.example.com:8443/")]
     for settings, headers, expected in cases:
         with serve(**settings) as (_s, base, _f), _http(base) as http:
             body = http.post(f"/{schemas.SEGMENTATION_MAP}", json={"image_url": _data_uri()}, headers=headers).json()
