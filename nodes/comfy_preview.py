@@ -57,11 +57,20 @@ def install() -> bool:
 
     @routes.post(ROUTE)
     async def samkit_preview(request):
+        too_large = web.json_response({"error": "the preview request is too large"}, status=413)
         if (request.content_length or 0) > MAX_BODY:
-            return web.json_response({"error": "the preview request is too large"}, status=413)
+            return too_large
+        data = bytearray()  # read to MAX_BODY + 1 at most: a chunked body has no Content-Length to check
+        while len(data) <= MAX_BODY:
+            chunk = await request.content.read(MAX_BODY + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+        if len(data) > MAX_BODY:
+            return too_large
         try:
-            body = json.loads(await request.read())
-        except (ValueError, UnicodeDecodeError):
+            body = json.loads(data)
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's parser goes
             return web.json_response({"error": "the preview request is not JSON"}, status=400)
         try:
             answer = await asyncio.get_running_loop().run_in_executor(pool, previewer.preview, body)

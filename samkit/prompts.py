@@ -80,6 +80,8 @@ def load_json(value: Any, name: str) -> Any:
         return []
     try:
         data = json.loads(text)
+    except RecursionError:  # the parser's own recursion limit, from a few thousand brackets
+        raise PromptError(f"{name} is nested too deeply to be a prompt: {_clip(text)}. {_EXPECTED.get(name, '')}") from None
     except json.JSONDecodeError:
         try:  # hand-written and KJNodes strings often use single quotes
             data = json.loads(text.replace("'", '"'))

@@ -105,6 +105,18 @@ def test_rle_decodes_masks_encoded_by_the_formats_definitions():
         decode_rle("abc", H, W)
 
 
+def test_rle_with_numbers_past_int64_or_sizes_past_the_image_is_refused_by_name():
+    # a malformed answer must give RLEError (the node's "fal answered ..." message), never an
+    # OverflowError / IndexError from numpy or an allocation of terabytes
+    for text in ("99999999999999999999 1", "4611686018427387905 4611686018427387904", "1 99999999999999999999"):
+        with pytest.raises(RLEError, match="runs past the last pixel"):
+            decode_rle(text, 4, 4)
+    with pytest.raises(RLEError, match="larger than"):
+        decode_rle({"size": [3_000_000, 3_000_000], "counts": [9_000_000_000_000]}, 4, 4)
+    with pytest.raises(RLEError, match="does not parse"):  # json.loads raises RecursionError on this
+        decode_rle('{"a": ' * 5000, 4, 4)
+
+
 def _plain_counts(mask):
     flat = mask.T.reshape(-1).astype(np.int8)
     change = np.nonzero(np.diff(np.concatenate([[0], flat, [1 - flat[-1]]])))[0]
@@ -273,3 +285,17 @@ def test_normalised_boxes_are_scaled_to_the_input_and_kept_inside_it():
     # fal's [cx, cy, w, h] of a box half outside the left edge: clipped to the image, not negative
     assert _box(np.zeros((H, W), bool), [0.0, 0.5, 0.5, 0.25], 0.5) == {"x": 0, "y": 18, "width": 16, "height": 12,
                                                                          "score": 0.5}
+
+
+def test_non_finite_scores_and_boxes_in_an_answer_are_treated_as_absent(monkeypatch):
+    # Python's JSON reader accepts NaN / Infinity; such a box must not reach int(round(...)) (a bare
+    # "cannot convert float NaN to integer") and such a score must not reach the BOUNDING_BOX output
+    def answer(endpoint_id, body, store):
+        mask = _box_mask(body["box_prompts"][0])
+        return {"rle": [kaggle_rle(mask)], "scores": [float("nan")], "boxes": [[float("nan"), 0.5, float("inf"), 0.1]]}
+
+    with serve_sam3(answer) as server:
+        _use(monkeypatch, server)
+        masks, _union, boxes = SamKitFalSAM3().run(_image(), "sam-3 (rle)", "", "[[5,5,20,20]]", "[[0,0]]", "[0]", 3, "fal")
+    assert np.array_equal(masks[0].numpy() > 0.5, _box_mask({"x_min": 5, "y_min": 5, "x_max": 25, "y_max": 25}))
+    assert boxes == [[{"x": 5, "y": 5, "width": 21, "height": 21}]]  # from the mask, no score

@@ -96,7 +96,9 @@ def test_submit_status_result_and_file_have_fals_shapes():
 def test_keys_are_checked_on_every_queue_call():
     with serve() as (_server, base, _f), _http(base) as http:
         rid = _submit(http).json()["request_id"]
-        for headers in ({}, {"Authorization": "Key nope:nope"}, {"Authorization": f"Bearer {SERVER_KEY}"}):
+        # bytes that are not UTF-8 (a garbled or hostile header) are a wrong key too, not a 500
+        for headers in ({}, {"Authorization": "Key nope:nope"}, {"Authorization": f"Bearer {SERVER_KEY}"},
+                        {"Authorization": b"Key \xff\xfe"}):
             for method, path in (("POST", f"/{schemas.TINY_SAM}"), ("GET", f"/fal-ai/image-preprocessors/requests/{rid}/status"),
                                  ("GET", f"/fal-ai/image-preprocessors/requests/{rid}"),
                                  ("PUT", f"/fal-ai/image-preprocessors/requests/{rid}/cancel")):
@@ -270,6 +272,20 @@ def test_cli_refuses_to_start_without_keys_or_model(tmp_path, capsys, monkeypatc
     assert "lists no keys" in capsys.readouterr().err
     assert main(["--model", "nope.pth", "--no-require-key", "--device", "cpu"]) == 2
     assert "nope.pth" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option,value", [("--fetch-host", "https://example.com/x"), ("--fetch-host", "10.0.0.0/8"),
+                                          ("--fetch-host", "*"), ("--webhook-host", ""), ("--webhook-host", "a b"),
+                                          ("--fetch-timeout", "nan"), ("--fetch-max-mb", "inf"), ("--result-ttl", "nan"),
+                                          ("--port", "99999")])
+def test_cli_refuses_options_that_could_never_work_naming_them(option, value, capsys, monkeypatch):
+    # each of these used to start a server that refused every fetch / webhook (a host that can never
+    # match a URL's host), waited forever (NaN seconds), or died with a raw OverflowError (the port)
+    from comfyui_sam_kit.samkit.fal.cli import main
+
+    monkeypatch.setattr(runtime.hooks, "progress", runtime.hooks.progress)  # main() installs a terminal bar
+    assert main(["--model", "x.pth", "--no-require-key", option, value]) == 2
+    assert option in capsys.readouterr().err
 
 
 def test_cli_serves_a_model_file_until_terminated(tmp_path, _isolated_model_dir, monkeypatch):

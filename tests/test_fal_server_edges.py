@@ -40,6 +40,16 @@ def site(certs, monkeypatch):
         yield url, recorded, png
 
 
+def test_a_body_that_is_not_json_or_nested_past_pythons_parser_is_a_422_not_a_500():
+    # json.loads raises RecursionError (not ValueError) on deep nesting; the server must answer
+    # fal's 422 shape for it as for any other body that is not JSON
+    with serve() as (server, base, _f), _http(base) as http:
+        for raw in (b"{not json", b"[" * 100_000):
+            answer = http.post(f"/{schemas.SEGMENTATION_MAP}", content=raw, headers={"Content-Type": "application/json"})
+            assert answer.status_code == 422 and answer.json()["detail"][0]["type"] == "json_invalid"
+        assert not server.jobs
+
+
 # ---------------------------------------------------------------- fetching image URLs
 
 
@@ -72,6 +82,17 @@ def test_the_fetch_rules(site):
                                             ("127.0.0.1", False), ("::1", False), ("::ffff:10.0.0.1", False),
                                             ("fe80::1", False), ("0.0.0.0", False), ("2606:4700::1111", True)])
 def test_which_addresses_count_as_public(address, public):
+    assert url_fetch.is_public(address) is public
+
+
+# IPv6 forms that carry an IPv4 address a gateway connects to: NAT64 (RFC 6052 64:ff9b::/96, RFC 8215
+# 64:ff9b:1::/48), 6to4 (RFC 3056 2002::/16) and IPv4-compatible (::/96). On an IPv6-only network with
+# DNS64, 64:ff9b::a9fe:a9fe *is* 169.254.169.254, so a name with that AAAA answer must be refused.
+@pytest.mark.parametrize("address,public", [("64:ff9b::7f00:1", False), ("64:ff9b::a9fe:a9fe", False),
+                                            ("64:ff9b::808:808", True), ("64:ff9b:1::a00:1", False),
+                                            ("2002:a00:1::", False), ("2002:808:808::1", True),
+                                            ("::7f00:1", False), ("::a00:1", False)])
+def test_ipv6_forms_embedding_an_ipv4_address_are_judged_by_that_address(address, public):
     assert url_fetch.is_public(address) is public
 
 
@@ -183,7 +204,14 @@ def test_forwarded_headers_count_only_from_trusted_proxies():
              (dict(trusted_proxies=loopback), forwarded, "https://gpu.example.com/"),
              (dict(trusted_proxies=loopback), rfc, "https://gpu.example.com:8443/"),
              (dict(trusted_proxies=loopback, public_url="https://pub.example.com"), forwarded,
-              "https://pub.example.com/")]
+              "https://pub.example.com/"),
+             # a trusted proxy that appends (RFC 7239 4; X-Forwarded-* appending setups) leaves the
+             # client's own value first: the last element is the one the trusted peer wrote
+             (dict(trusted_proxies=loopback), {"X-Forwarded-Proto": "http, https",
+                                               "X-Forwarded-Host": "evil.example.net, gpu.example.com"},
+              "https://gpu.example.com/"),
+             (dict(trusted_proxies=loopback), {"Forwarded": 'host=evil.example.net;proto=http, ' + rfc["Forwarded"]},
+              "https://gpu.example.com:8443/")]
     for settings, headers, expected in cases:
         with serve(**settings) as (_s, base, _f), _http(base) as http:
             body = http.post(f"/{schemas.SEGMENTATION_MAP}", json={"image_url": _data_uri()}, headers=headers).json()

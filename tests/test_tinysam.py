@@ -71,6 +71,8 @@ def test_fal_defaults_mean_no_prompt_and_lists_are_read_per_image():
     "kwargs,match",
     [
         (dict(point_prompt="[[10,20]", point_label="[1]"), "point_prompt is not valid JSON"),
+        # nesting past Python's JSON parser raises RecursionError there, not JSONDecodeError
+        (dict(box_prompt="[" * 5000 + "]" * 5000), "box_prompt is nested too deeply"),
         (dict(point_prompt="[[10,20],[30,40]]", point_label="[1]"), "point_label has 1 label but point_prompt has 2 points; give one label"),
         (dict(point_prompt=f"[[{W},5]]", point_label="[1]"), "point_prompt: point .* is outside the 140x90 image"),
         (dict(point_prompt="[[10,20]]", point_label="[2]"), "1 \\(foreground\\) or 0 \\(background\\)"),

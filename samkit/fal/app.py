@@ -158,7 +158,7 @@ class SamKitApp(fal.App, name="samkit"):
         url = arguments["image_url"]
         if url.startswith("https://"):
             try:
-                data = self.downloader.fetch(url)
+                data = self.downloader.fetch(url, what="image_url")
             except FalError as exc:
                 raise HTTPException(422, [{"loc": ["body", "image_url"], "msg": f"Could not load image: {exc}",
                                            "type": "value_error"}], headers={"x-fal-billable-units": "0"}) from None

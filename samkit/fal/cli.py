@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Optional
@@ -23,7 +24,7 @@ from .hosting import serve
 from .jobs import Handler, ServerSettings
 from .server import FalServer
 from .transport import is_loopback_host
-from .url_fetch import OutboundPolicy
+from .url_fetch import OutboundPolicy, parse_hosts
 from .web_edges import parse_networks, parse_origins
 
 log = logging.getLogger("comfyui-sam-kit.fal.server")
@@ -119,14 +120,21 @@ def main(argv: Optional[list] = None) -> int:
         return 2
     try:
         trusted, origins = parse_networks(args.trusted_proxy), parse_origins(args.cors_origin)
+        fetch_hosts, hook_hosts = parse_hosts(args.fetch_host, "--fetch-host"), parse_hosts(args.webhook_host, "--webhook-host")
+        for option, value in (("--fetch-max-mb", args.fetch_max_mb), ("--fetch-timeout", args.fetch_timeout),
+                              ("--result-ttl", args.result_ttl)):
+            if not math.isfinite(value):  # NaN passes every "<= 0" check and then never times out
+                raise ValueError(f"{option} must be a finite number, not {value}")
         if args.fetch_max_mb <= 0 or args.fetch_timeout <= 0 or args.webhook_retries < 0:
             raise ValueError("--fetch-max-mb and --fetch-timeout must be positive and --webhook-retries at least 0")
+        if not 0 <= args.port <= 65535:
+            raise ValueError(f"--port must be from 0 to 65535, not {args.port}")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    fetch = OutboundPolicy(tuple(h.lower() for h in args.fetch_host), args.allow_private_addresses,
-                           int(args.fetch_max_mb * 1024 * 1024), args.fetch_timeout)
-    hooks = OutboundPolicy(tuple(h.lower() for h in args.webhook_host), args.allow_private_addresses)
+    fetch = OutboundPolicy(fetch_hosts, args.allow_private_addresses, int(args.fetch_max_mb * 1024 * 1024),
+                           args.fetch_timeout)
+    hooks = OutboundPolicy(hook_hosts, args.allow_private_addresses)
     if args.require_key and not keys:
         print("error: give --key-file with the keys clients must send (one per line), or --no-require-key to accept "
               "anyone who can reach this server", file=sys.stderr)

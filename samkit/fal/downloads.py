@@ -49,8 +49,11 @@ class ResultDownloader:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def fetch(self, url: str, request_id: Optional[str] = None) -> bytes:
-        where = f"result file of request {request_id or '?'}"
+    def fetch(self, url: str, request_id: Optional[str] = None, what: Optional[str] = None) -> bytes:
+        """The bytes at ``url`` (rules: class docstring). ``what`` names the file in errors (default: a
+        result file of ``request_id``). Raises :class:`FalDownloadError`."""
+        where = what or f"result file of request {request_id or '?'}"
+        expired = "" if what else " (results expire soon after the job; run again)"
         if url.startswith("data:"):
             try:
                 return decode_data_uri(url, self.max_bytes)[1]
@@ -71,8 +74,7 @@ class ResultDownloader:
                         url = str(response.url.join(response.headers["location"]))
                         continue
                     if response.status_code != 200:
-                        raise FalDownloadError(f"{where}: HTTP {response.status_code} from {parts.hostname} "
-                                               "(results expire soon after the job; run again)",
+                        raise FalDownloadError(f"{where}: HTTP {response.status_code} from {parts.hostname}{expired}",
                                                status_code=response.status_code, request_id=request_id)
                     declared = response.headers.get("content-length")
                     if declared and declared.isdigit() and int(declared) > self.max_bytes:

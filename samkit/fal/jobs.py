@@ -152,13 +152,15 @@ class _JobProgress(runtime.Progress):
 
     def __init__(self, job: Job, total: int, label: str = ""):
         super().__init__(total, label)
-        self._job, self._last = job, 0.0
+        self._job, self._last, self._logged = job, 0.0, None
 
     def set(self, value: int) -> None:
         super().set(value)
         now = time.monotonic()
-        if now - self._last >= 0.5 or self.value >= self.total:
-            self._last = now
+        # a value already logged is not logged again: clients accumulate log lines, and callers
+        # set the same value twice (a crop's last batch, then the crop's end)
+        if self.value != self._logged and (now - self._last >= 0.5 or self.value >= self.total):
+            self._last, self._logged = now, self.value
             self._job.log(f"{self.label or 'working'}: {self.value}/{self.total}")
 
 

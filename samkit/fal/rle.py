@@ -26,6 +26,11 @@ from typing import Any
 import numpy as np
 
 _KAGGLE = re.compile(r"^\s*\d+(\s+\d+)*\s*$")
+# A COCO RLE states its own size; fal answers masks at the input's size, so one far larger is a
+# broken answer, refused before it is expanded (a stated 3e6 x 3e6 would ask for terabytes).
+# 16x the image's pixels allows a 4x upscale on each side; the floor keeps small images usable.
+COCO_AREA_FACTOR = 16
+COCO_MIN_AREA = 4096 * 4096
 
 
 class RLEError(ValueError):
@@ -35,27 +40,30 @@ class RLEError(ValueError):
 def decode_rle(value: Any, height: int, width: int) -> np.ndarray:
     """One RLE (Kaggle string, COCO dict or COCO JSON string) → bool mask.
 
-    Kaggle strings are read at ``height`` x ``width``; COCO ones at their own ``size``.
-    Raises :class:`RLEError`.
+    Kaggle strings are read at ``height`` x ``width``; COCO ones at their own ``size`` (at most
+    ``COCO_AREA_FACTOR`` times ``height * width`` pixels, or ``COCO_MIN_AREA``). Raises :class:`RLEError`.
     """
     if isinstance(value, str) and value.lstrip().startswith("{"):
         try:
             value = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting past Python's parser
             raise RLEError("the RLE looks like JSON but does not parse") from None
     if isinstance(value, dict):
-        return _decode_coco(value)
+        return _decode_coco(value, max(COCO_AREA_FACTOR * height * width, COCO_MIN_AREA))
     if not isinstance(value, str):
         raise RLEError(f"an RLE must be a string or a COCO object, got {type(value).__name__}")
     if not value.strip():
         return np.zeros((height, width), bool)
     if not _KAGGLE.match(value):
         raise RLEError(f"the RLE {value[:40]!r} is neither 'start length ...' pairs nor a COCO object")
-    numbers = np.array(value.split(), dtype=np.int64)
-    if numbers.size % 2:
-        raise RLEError(f"the RLE has {numbers.size} numbers; 'start length' pairs need an even count")
-    starts, lengths = numbers[0::2] - 1, numbers[1::2]
     total = height * width
+    words = value.split()
+    if len(words) % 2:
+        raise RLEError(f"the RLE has {len(words)} numbers; 'start length' pairs need an even count")
+    if any(int(word) > total for word in words):  # before int64: a larger number would overflow or index past
+        raise RLEError(f"the RLE runs past the last pixel of a {width}x{height} mask; is it for another size?")
+    numbers = np.array(words, dtype=np.int64)
+    starts, lengths = numbers[0::2] - 1, numbers[1::2]
     if (starts < 0).any():
         raise RLEError("an RLE start is 0; Kaggle RLE starts count from 1")
     if (starts + lengths > total).any():
@@ -99,11 +107,14 @@ def _coco_counts(counts: Any) -> list[int]:
     return out
 
 
-def _decode_coco(rle: dict) -> np.ndarray:
+def _decode_coco(rle: dict, max_area: int) -> np.ndarray:
     size = rle.get("size")
     if not (isinstance(size, list) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size)):
         raise RLEError("a COCO RLE needs 'size': [height, width]")
     h, w = size
+    if h * w > max_area:
+        raise RLEError(f"the COCO RLE's size {h}x{w} is larger than {max_area} pixels, the most read for an image this size; "
+                       "it is not a mask for this image")
     counts = _coco_counts(rle.get("counts"))
     if sum(counts) != h * w:
         raise RLEError(f"the COCO RLE counts cover {sum(counts)} pixels, not {h}x{w}={h * w}")

@@ -25,6 +25,7 @@ Errors use fal's 422 shape (``{"loc": ["body", ...], "msg", "type"}``), as :mod:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -55,7 +56,8 @@ def _err(loc: list, msg: str, type_: str) -> dict:
 
 
 def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A finite JSON number (Python's JSON reader also accepts NaN / Infinity, which JSON has not)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _integer(v: Any) -> bool:

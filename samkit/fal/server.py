@@ -128,7 +128,7 @@ class FalServer(JobQueue):
         scheme, _, given = header.partition(" ")
         if scheme.lower() != "key" or not given:
             return False
-        given_b = given.strip().encode()
+        given_b = given.strip().encode("utf-8", "surrogateescape")  # aiohttp keeps non-UTF-8 bytes as surrogates
         ok = False
         for key in self.settings.keys:  # compare against every key: no timing hint about which matched
             ok |= hmac.compare_digest(given_b, key.encode())
@@ -170,7 +170,7 @@ class FalServer(JobQueue):
         raw = await request.read()
         try:
             arguments = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's parser goes
             return self._json({"detail": [{"loc": ["body"], "msg": "Invalid JSON", "type": "json_invalid"}]}, 422)
         errors = schemas.VALIDATORS[endpoint_id](arguments) + self._url_errors(arguments)
         if webhook is not None:

@@ -7,7 +7,8 @@ with a key make the GPU box call into the studio's network (SSRF):
 * the host must be on the allow-list (``--fetch-host`` / ``--webhook-host``): an exact name or
   address, or ``*.example.com`` for its sub-domains;
 * every address the name resolves to must be public (not private, loopback, link-local,
-  multicast, reserved or unspecified; IPv4-mapped IPv6 judged as IPv4) unless
+  multicast, reserved or unspecified; IPv6 forms carrying an IPv4 address (mapped, NAT64,
+  6to4, compatible) judged as that IPv4 address) unless
   ``allow_private``; the connection then goes to the address that was checked (the certificate
   is still verified for the name), so a DNS answer that changes between check and connect
   cannot reach an internal address;
@@ -21,6 +22,7 @@ address); CA certificates from ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` are.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 import time
 from dataclasses import dataclass
@@ -63,6 +65,28 @@ class OutboundPolicy:
         return False
 
 
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?"
+_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+
+
+def parse_hosts(values, option: str) -> tuple:
+    """``--fetch-host`` / ``--webhook-host`` values → the allow-list of :class:`OutboundPolicy`.
+
+    Each value is a host name (``images.example.com``), ``*.example.com`` (its sub-domains) or an
+    IP address (IPv6 with or without brackets), compared with a URL's host as is. Raises ValueError
+    naming ``option`` for anything else (a URL, a port, a network, ``*``), which no host could match.
+    """
+    hosts = []
+    for value in values:
+        host = value.strip().lower().rstrip(".")
+        name = host[2:] if host.startswith("*.") else host.strip("[]")
+        if not (_is_address(name) and not host.startswith("*.")) and not _NAME.fullmatch(name):
+            raise ValueError(f"{option} {value!r} must be a host name or address such as images.example.com, "
+                             "203.0.113.7 or *.example.com (no scheme, port, path or network)")
+        hosts.append(host if host.startswith("*.") else name)
+    return tuple(hosts)
+
+
 def check_url(url: Any, policy: OutboundPolicy, what: str = "URL"):
     """The split URL if ``policy`` allows it (without looking the host up); else :class:`OutboundRefused`."""
     if not isinstance(url, str):
@@ -81,10 +105,31 @@ def check_url(url: Any, policy: OutboundPolicy, what: str = "URL"):
     return parts
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052 well-known prefix: a gateway connects to the IPv4
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215 local-use: not globally reachable
+_V4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated IPv4-compatible form (RFC 4291 2.5.5.1)
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> Optional[ipaddress.IPv4Address]:
+    """The IPv4 address an IPv6 one reaches through a translator or tunnel (mapped, NAT64, 6to4, compatible)."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in _NAT64 or (ip in _V4_COMPATIBLE and int(ip) > 1):  # :: and ::1 stay themselves
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
 def is_public(address: str) -> bool:
+    """Whether the server may connect to ``address`` (text, IPv4 or IPv6, optional ``%zone``): a global,
+    non-multicast address; an IPv6 one that carries an IPv4 address (:func:`_embedded_ipv4`) is judged by
+    that IPv4 address, since on a NAT64 / 6to4 network connecting to it reaches that IPv4 host."""
     ip = ipaddress.ip_address(address.split("%")[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _NAT64_LOCAL:
+            return False
+        ip = _embedded_ipv4(ip) or ip
     return ip.is_global and not ip.is_multicast
 
 

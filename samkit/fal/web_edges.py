@@ -11,8 +11,9 @@ Public URL, in this order:
 
 1. ``--public-url`` when given;
 2. ``Forwarded`` (RFC 7239: ``proto=``, ``host=``) or ``X-Forwarded-Proto`` / ``X-Forwarded-Host``,
-   only from a peer on ``--trusted-proxy`` (addresses or networks); the first element is used,
-   i.e. what the outermost trusted proxy saw;
+   only from a peer on ``--trusted-proxy`` (addresses or networks); the last element is used
+   (of the last header line), i.e. the one the trusted peer itself wrote: proxies append to a
+   header a client may already have sent (RFC 7239 section 4), so earlier elements are the client's;
 3. the request's own scheme and ``Host``.
 
 Forwarded headers from any other peer are ignored: a client could otherwise make the server hand
@@ -93,13 +94,15 @@ def cors_middleware(origins: tuple):
     return cors
 
 
-def _first(value: str) -> str:
-    return value.split(",")[0].strip()
+def _last(request: web.Request, name: str) -> str:
+    """The last element of header ``name`` (over all its lines): what the nearest proxy wrote."""
+    lines = request.headers.getall(name, [])
+    return lines[-1].split(",")[-1].strip() if lines else ""
 
 
-def _from_forwarded(header: str) -> tuple[Optional[str], Optional[str]]:
+def _from_forwarded(element: str) -> tuple[Optional[str], Optional[str]]:
     proto = host = None
-    for pair in _first(header).split(";"):
+    for pair in element.split(";"):
         name, _, value = pair.partition("=")
         value = value.strip().strip('"')
         if name.strip().lower() == "proto":
@@ -116,10 +119,10 @@ def public_base(request: web.Request, public_url: Optional[str], trusted: tuple)
     scheme, host = request.scheme, request.host
     if trusted and _is_trusted(request.remote, trusted):
         if "Forwarded" in request.headers:
-            proto, fhost = _from_forwarded(request.headers["Forwarded"])
+            proto, fhost = _from_forwarded(_last(request, "Forwarded"))
         else:
-            proto = _first(request.headers.get("X-Forwarded-Proto", "")).lower() or None
-            fhost = _first(request.headers.get("X-Forwarded-Host", "")) or None
+            proto = _last(request, "X-Forwarded-Proto").lower() or None
+            fhost = _last(request, "X-Forwarded-Host") or None
         if proto in ("http", "https"):
             scheme = proto
         if fhost and _HOST.match(fhost):

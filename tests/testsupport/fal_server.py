@@ -139,7 +139,7 @@ class Faults:
         if stage == "submit":
             try:
                 self.last_arguments = json.loads(await request.read())  # cached: the handler reads it again
-            except ValueError:
+            except (ValueError, RecursionError):
                 self.last_arguments = None
         rule = self._take(stage)
         if rule is None:
