@@ -155,20 +155,29 @@ def test_remote_nodes_reach_the_app_by_its_app_id(app_url, monkeypatch, tmp_path
     assert (remote_image - local_image).abs().max() <= 0.5 / 255 + 1e-6
 
 
-def test_an_https_image_url_that_fails_is_named_as_the_input_not_as_a_result_file(app_url, tmp_path, monkeypatch):
-    # the App fetches https image_url with the remote nodes' result downloader; its failure must speak
-    # of the input image, not tell the caller that "results expire soon after the job"
+def test_an_https_image_url_is_fetched_under_the_servers_address_rules(app_url, tmp_path, monkeypatch):
+    # the App fetches https image_url from any host name, but through url_fetch's rules: a loopback
+    # (private) address is refused by default; allowed, a 404 is named as the input, not as a
+    # "result file" that expired
     import ssl
 
-    from comfyui_sam_kit.samkit.fal import downloads
+    from comfyui_sam_kit.samkit.fal import app as app_module, url_fetch
     from testsupport.tls_loopback import image_and_webhook_site, make_certificates
 
     certs = make_certificates(tmp_path)
-    monkeypatch.setattr(downloads, "tls_context", lambda trust_env: ssl.create_default_context(cafile=str(certs.ca)))
+    monkeypatch.setattr(url_fetch, "tls_context", lambda trust_env: ssl.create_default_context(cafile=str(certs.ca)))
     png = base64.b64decode(_uri(_image(4)).split(",", 1)[1])
     with image_and_webhook_site(png, certs) as (url, _recorded):
+        private = _post(app_url, "segmentation-map", image_url=f"{url}/cat.png")
+        monkeypatch.setattr(app_module.SamKitApp, "image_fetch", url_fetch.OutboundPolicy(any_host=True,
+                                                                                         allow_private=True))
         missing = _post(app_url, "segmentation-map", image_url=f"{url}/missing.png")
-    assert missing.status_code == 422 and missing.headers["x-fal-billable-units"] == "0"
-    detail = missing.json()["detail"][0]
-    assert detail["loc"] == ["body", "image_url"] and "HTTP 404" in detail["msg"], detail
-    assert "result" not in detail["msg"], detail
+        fetched = _post(app_url, "segmentation-map", image_url=f"{url}/cat.png")
+    from_uri = _post(app_url, "segmentation-map", image_url=_uri(_image(4)))
+    assert fetched.status_code == 200 and from_uri.status_code == 200, fetched.text
+    assert fetched.json()["image"]["url"] == from_uri.json()["image"]["url"]  # same pixels, same data-URI map
+    for refused, why in ((private, "loopback"), (missing, "HTTP 404")):
+        assert refused.status_code == 422 and refused.headers["x-fal-billable-units"] == "0"
+        detail = refused.json()["detail"][0]
+        assert detail["loc"] == ["body", "image_url"] and why in detail["msg"], detail
+        assert "result" not in detail["msg"], detail

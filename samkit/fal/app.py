@@ -42,11 +42,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ..automask import AutoMaskSettings
 from ..tiny_sam_params import CONFIDENCE, NO_BOX, NO_LABEL, NO_POINT, SIZE
 from . import schemas
-from .downloads import ResultDownloader
-from .errors import FalError
 from .handlers import auto_segment_handler, segmentation_map_handler, tiny_sam_handler
 from .jobs import Job, JobFailed, ServerSettings, install_job_hooks, run_job
 from .sam3_schemas import AUTO_SEGMENT_DEFAULTS
+from .url_fetch import OutboundPolicy, OutboundRefused, fetch_bytes
 
 #: fal's persistent storage, mounted on every runner of the account
 PERSISTENT_DIR = Path("/data")
@@ -134,6 +133,9 @@ class SamKitApp(fal.App, name="samkit"):
     device: ClassVar[str] = "auto"
     precision: ClassVar[str] = "auto"
     segmap_settings: ClassVar[AutoMaskSettings] = AutoMaskSettings()
+    #: https image_url: any host, but the self-hosted server's address rules (url_fetch.py): no
+    #: private, loopback or link-local address, each redirect checked, size and time capped
+    image_fetch: ClassVar[OutboundPolicy] = OutboundPolicy(any_host=True)
 
     def setup(self) -> None:
         if PERSISTENT_DIR.is_dir() and "SAMKIT_MODELS_DIR" not in os.environ:
@@ -147,19 +149,18 @@ class SamKitApp(fal.App, name="samkit"):
                          schemas.SAM2_AUTO_SEGMENT: auto_segment_handler(model, self.segmap_settings)}
         self.settings = ServerSettings(require_key=False)  # fal's gateway checks the caller's key
         self.repository = outputs_repository()
-        self.downloader = ResultDownloader()
 
     # ------------------------------------------------------------------ plumbing
 
     def _arguments(self, body: _Input) -> dict:
-        """The request as the handlers take it: an https image is fetched (key-free, size-capped
-        downloader) and passed on as a data URI, so the handlers read one kind of input."""
+        """The request as the handlers take it: an https image is fetched under ``image_fetch``
+        and passed on as a data URI, so the handlers read one kind of input."""
         arguments = body.model_dump()
         url = arguments["image_url"]
         if url.startswith("https://"):
             try:
-                data = self.downloader.fetch(url, what="image_url")
-            except FalError as exc:
+                data = fetch_bytes(url, self.image_fetch, "image_url")
+            except OutboundRefused as exc:
                 raise HTTPException(422, [{"loc": ["body", "image_url"], "msg": f"Could not load image: {exc}",
                                            "type": "value_error"}], headers={"x-fal-billable-units": "0"}) from None
             # the decoder reads the bytes' own format (images.decode_image_bytes); the label is only the URI's shape

@@ -46,6 +46,9 @@ class OutboundPolicy:
 
     #: allowed hosts (lower case): names, addresses, or ``*.domain`` for sub-domains; empty: off
     hosts: tuple = ()
+    #: any host name (the fal App: callers pass fal's CDN or their own storage); the address rules
+    #: below still apply
+    any_host: bool = False
     allow_private: bool = False
     max_bytes: int = 20 * 1024 * 1024
     timeout: float = 20.0
@@ -53,9 +56,11 @@ class OutboundPolicy:
 
     @property
     def enabled(self) -> bool:
-        return bool(self.hosts)
+        return bool(self.hosts) or self.any_host
 
     def host_allowed(self, host: str) -> bool:
+        if self.any_host:
+            return True
         host = host.lower().strip("[]").rstrip(".")
         for allowed in self.hosts:
             if allowed.startswith("*.") and host.endswith(allowed[1:]) and len(host) > len(allowed) - 1:
