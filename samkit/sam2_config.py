@@ -71,6 +71,7 @@ class Sam2Config:
 
 
 def is_sam2(state: dict) -> bool:
+    """Whether a checkpoint's state dict (names → tensors) has SAM 2's keys (Meta's names)."""
     return any(k.startswith(SAM2_MARKERS) for k in state)
 
 

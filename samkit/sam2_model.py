@@ -157,6 +157,7 @@ def decode_low_res(net: Sam2Image, embedding: Sam2Embedding, coords: torch.Tenso
 
 
 def build_sam2(config: Sam2Config) -> Sam2Image:
+    """SAM 2's image path for ``config`` (random weights, eval mode); the loader loads the state."""
     return Sam2Image(config).eval()
 
 

@@ -134,6 +134,7 @@ def validate_auto_segment(body: Any) -> list[dict]:
 
 
 def validator_for(endpoint_id: str):
+    """The request check for ``endpoint_id``: a function body → list of fal-shaped 422 details."""
     return validate_auto_segment if endpoint_id == SAM2_AUTO_SEGMENT else validate_sam3
 
 
@@ -164,6 +165,7 @@ def sam3_arguments(image_url: str, prompt: str, objects, max_masks: int) -> dict
 
 def auto_segment_arguments(image_url: str, points_per_side: int, pred_iou_thresh: float,
                            stability_score_thresh: float, min_mask_region_area: int) -> dict:
+    """``fal-ai/sam2/auto-segment``'s request body (fal-js ``endpoints.ts``) from the node's values."""
     return {"image_url": image_url, "points_per_side": int(points_per_side), "pred_iou_thresh": float(pred_iou_thresh),
             "stability_score_thresh": float(stability_score_thresh),
             "min_mask_region_area": int(min_mask_region_area), "output_format": "png", "sync_mode": True}
@@ -246,4 +248,5 @@ def describe_errors(errors: list[dict], limit: int = 4) -> str:
 
 
 def optional_score(v: Optional[float]) -> Optional[float]:
+    """A score as the node reports it: rounded to 4 places, None kept (fal sent none)."""
     return None if v is None else round(float(v), 4)
