@@ -55,7 +55,7 @@ CONFIDENT_QUANTILE = 0.7
 #: 32 shapes (box IoU >= 0.7), at 640 16, at its own 256 27.
 PROPOSAL_SIZE = 1024
 #: object-aware's residual pass: points_per_side // RESIDUAL_DIVISOR points per side. Measured
-#: (README, "Everything mode: sampling"): boxes alone found 21 of 45 shapes where the grid finds 35;
+#: (README, "Everything mode: sampling"): boxes alone found 19 of 45 shapes where the grid finds 35;
 #: a residual pass at divisor 4, 3, 2 found 27, 33, 33 (382, 658, 1597 outputs against the grid's
 #: 6144), a full-density one 35 (~5000 outputs: no saving); on four 640x480 scenes (32x32 points)
 #: divisor 3 found 22/32 shapes, 2 the grid's 23/32 (3005 outputs against 12288).
