@@ -56,10 +56,12 @@ def _import_pack():
 _import_pack()
 
 from comfyui_sam_kit.samkit import loader  # noqa: E402
-from comfyui_sam_kit.samkit.automask import AutoMaskSettings  # noqa: E402
+from comfyui_sam_kit.samkit.automask import AutoMaskSettings, FilterCounts, generate_segments  # noqa: E402
+from comfyui_sam_kit.samkit.sampling_params import OBJECT_AWARE, SAMPLING  # noqa: E402
 from comfyui_sam_kit.samkit.segmap import segmentation_map  # noqa: E402
 from testsupport import ground_truth as gt  # noqa: E402
 from testsupport.trained import TRAINED_SAM_PATH  # noqa: E402
+from testsupport.trained_fastsam import TRAINED_FASTSAM_PATH  # noqa: E402
 
 #: the issue's settings for the fixture: 32x32 points; thresholds for a tiny model (trained.py)
 SETTINGS = AutoMaskSettings(points_per_side=32, pred_iou_thresh=0.5, stability_score_thresh=0.7)
@@ -78,17 +80,28 @@ def pack_segmenter(model, settings: AutoMaskSettings, **options) -> gt.Segmenter
     return run
 
 
-def segmenters(model, settings: AutoMaskSettings) -> dict[str, gt.Segmenter]:
-    """What is measured, by name: one line per way of segmenting everything.
+def counted_segmenter(model, settings: AutoMaskSettings, sampling: str, proposals, counts: FilterCounts) -> gt.Segmenter:
+    """``generate_segments`` (the seg map's segments, without painting) in ``sampling`` mode, adding
+    what each filter let through to ``counts`` (``counts.candidates``: decoded (prompt, output) pairs)."""
 
-    A sampling mode is one more line, e.g. ``"seg map, hierarchical": pack_segmenter(model, settings,
-    sampling="hierarchical")``, with the FastSAM fixture (``testsupport.trained_fastsam``) as the
-    object-aware mode's proposals.
-    """
-    return {
-        "seg map, grid": pack_segmenter(model, settings),
-        "SamAutomaticMaskGenerator": gt.reference_segmenter(model.runner, **settings.reference_kwargs()),
-    }
+    def run(image: np.ndarray) -> torch.Tensor:
+        return generate_segments(model.runner, image, settings, counts, sampling=sampling, proposals=proposals).masks
+
+    return run
+
+
+def segmenters(model, settings: AutoMaskSettings, counts: dict | None = None) -> dict[str, gt.Segmenter]:
+    """What is measured, by name: one line per way of segmenting everything. ``counts`` (name ->
+    ``FilterCounts``) is filled for the sampling modes. Object-aware takes its boxes from the trained
+    FastSAM fixture (``testsupport.trained_fastsam``), at the size it was trained at, as the node does."""
+    counts = counts if counts is not None else {}
+    fastsam = loader.load_model(str(TRAINED_FASTSAM_PATH), device="cpu", precision="fp32")
+    out = {}
+    for mode in SAMPLING:
+        counts[mode] = FilterCounts()
+        out[mode] = counted_segmenter(model, settings, mode, fastsam if mode == OBJECT_AWARE else None, counts[mode])
+    out["SamAutomaticMaskGenerator"] = gt.reference_segmenter(model.runner, **settings.reference_kwargs())
+    return out
 
 
 # ------------------------------------------------------------------ speed
@@ -209,7 +222,15 @@ def main(argv=None) -> int:
     print(f"# ground-truth quality: trained SAM fixture, {len(scenes)} held-out scenes, {sum(map(len, scenes))} "
           f"shapes, {settings.points_per_side}x{settings.points_per_side} points, pred_iou "
           f"{settings.pred_iou_thresh}, stability {settings.stability_score_thresh}; {env}\n")
-    print(gt.table(gt.evaluate(segmenters(model, settings), scenes)))
+    counts: dict = {}
+    found = segmenters(model, settings, counts)
+    for fn in found.values():
+        fn(scenes[0].image[:64, :64])  # warm-up (allocator; ultralytics builds its predictor on a first call)
+    for c in counts.values():
+        c.__init__()
+    print(gt.table(gt.evaluate(found, scenes)))
+    print("\ndecoded (prompt, output) pairs, all scenes: " + "; ".join(f"{m} {c.candidates}" for m, c in counts.items())
+          + f"; SamAutomaticMaskGenerator {counts[SAMPLING[0]].candidates} (the grid's)")
     return 0
 
 

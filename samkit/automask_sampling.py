@@ -25,6 +25,8 @@ from .sampling_params import (
     PROPOSAL_CONFIDENCE,
     PROPOSAL_IOU,
     PROPOSAL_SIZE,
+    RESIDUAL_COVER,
+    RESIDUAL_DIVISOR,
     SPARSE_DIVISOR,
     check_sampling,
     missing_proposals,
@@ -34,16 +36,27 @@ from .sampling_params import (
 Proposals = Callable[[np.ndarray], np.ndarray]
 
 
-def fastsam_proposals(model, size: int = PROPOSAL_SIZE, confidence: float = PROPOSAL_CONFIDENCE,
+def proposal_size(model) -> int:
+    """The ``imgsz`` a FastSAM ``LoadedModel`` proposes at: the size its checkpoint was trained at
+    (ultralytics keeps it in the checkpoint's ``train_args``, read back as ``overrides["imgsz"]``),
+    else :data:`PROPOSAL_SIZE`. Objects then look as large to it as in training (sampling_params)."""
+    trained = getattr(getattr(model, "runner", None), "overrides", {}).get("imgsz")
+    return int(trained) if isinstance(trained, int) and trained > 0 else PROPOSAL_SIZE
+
+
+def fastsam_proposals(model, size: Optional[int] = None, confidence: float = PROPOSAL_CONFIDENCE,
                       iou: float = PROPOSAL_IOU) -> Proposals:
-    """Object boxes from a FastSAM ``LoadedModel``: ultralytics' predictor at ``imgsz=size``,
-    ``conf=confidence``, NMS at ``iou``, highest confidence first (MobileSAMv2's object-aware step)."""
+    """Object boxes from a FastSAM ``LoadedModel``: ultralytics' predictor at ``imgsz=size`` (``None``:
+    :func:`proposal_size`, the model's training size), ``conf=confidence``, NMS at ``iou``, highest confidence first
+    (MobileSAMv2's object-aware step)."""
     from .precision import fastsam_half_kwargs
+
+    imgsz = int(size) if size is not None else proposal_size(model)
 
     def boxes(crop_rgb: np.ndarray) -> np.ndarray:
         bgr = np.ascontiguousarray(crop_rgb[..., ::-1])  # ultralytics reads numpy images as OpenCV BGR
         with precision.for_model(model):  # FastSAM sets its own dtype: autocast off, whatever SAM runs in
-            result = model.runner.predict(bgr, imgsz=int(size), conf=float(confidence), iou=float(iou),
+            result = model.runner.predict(bgr, imgsz=imgsz, conf=float(confidence), iou=float(iou),
                                           retina_masks=False, device=str(model.device), verbose=False,
                                           **fastsam_half_kwargs(model.dtype))[0]
         if result.boxes is None or len(result.boxes) == 0:
@@ -80,8 +93,21 @@ def sparse_grid(points_per_side: int) -> np.ndarray:
     return build_point_grid(max(1, points_per_side // SPARSE_DIVISOR))
 
 
+def residual_grid(points_per_side: int) -> np.ndarray:
+    """Object-aware's residual grid (0..1 coordinates): ``points_per_side // RESIDUAL_DIVISOR`` per side, at least 1."""
+    return build_point_grid(max(1, points_per_side // RESIDUAL_DIVISOR))
+
+
+def _uncovered(points: np.ndarray, covered: np.ndarray) -> np.ndarray:
+    """The points (crop pixels, inside the crop) that fall on no ``covered`` pixel."""
+    h, w = covered.shape
+    xs = np.clip(points[:, 0].astype(np.int64), 0, w - 1)
+    ys = np.clip(points[:, 1].astype(np.int64), 0, h - 1)
+    return points[~covered[ys, xs]]
+
+
 def planned_batches(sampling: str, n_grid: int, points_per_side: int, points_per_batch: int) -> int:
-    """Progress steps one crop takes at most (object-aware: one, its box count is unknown beforehand)."""
+    """Progress steps one crop takes at most (object-aware's boxes count as one: their number is unknown beforehand)."""
     def batches(n):
         return -(-n // points_per_batch)
 
@@ -89,7 +115,7 @@ def planned_batches(sampling: str, n_grid: int, points_per_side: int, points_per
         return batches(n_grid)
     if sampling == HIERARCHICAL:
         return batches(len(sparse_grid(points_per_side))) + batches(n_grid)
-    return 1
+    return 1 + batches(len(residual_grid(points_per_side)))
 
 
 def sample_crop(run: CropRun, sampling: str, grid: np.ndarray, points_per_side: int,
@@ -102,15 +128,13 @@ def sample_crop(run: CropRun, sampling: str, grid: np.ndarray, points_per_side: 
         run.run(grid * scale)
     elif sampling == HIERARCHICAL:
         covered = run.run(sparse_grid(points_per_side) * scale, confident=CONFIDENT_QUANTILE).cpu().numpy()
-        dense = grid * scale
-        # the pixel each dense point falls on (the grid is inside the crop: (i + 0.5) / n of its size)
-        xs = np.clip(dense[:, 0].astype(np.int64), 0, w - 1)
-        ys = np.clip(dense[:, 1].astype(np.int64), 0, h - 1)
-        run.run(dense[~covered[ys, xs]])
+        run.run(_uncovered(grid * scale, covered))
     elif sampling == OBJECT_AWARE:
         if proposals is None:
             raise ValueError(missing_proposals())
         boxes = np.asarray(proposals(run.crop_rgb), dtype=np.float64).reshape(-1, 4)
-        run.run(boxes, boxes=True)
+        covered = run.run(boxes, boxes=True, confident=RESIDUAL_COVER).cpu().numpy()
+        # the residual pass: objects the proposal model missed, or whose box mask failed the filters
+        run.run(_uncovered(residual_grid(points_per_side) * scale, covered))
     else:
         check_sampling(sampling)

@@ -10,8 +10,11 @@ each mode's own constants. The seg map and Tiny SAM nodes (their widgets and too
   pass is confident (:data:`CONFIDENT_QUANTILE`); both passes' masks go through the
   same filters and one NMS. Big objects are found by the sparse points and cost no dense point.
 * ``object-aware``: MobileSAMv2 (arXiv 2312.09579): a FastSAM model (YOLOv8-seg) finds the objects;
-  its boxes after its own NMS become one SAM box prompt each (the single-mask output), then SAM's
-  predicted-IoU and stability filters and box NMS as usual. Needs the proposal model.
+  its boxes after its own NMS become one SAM box prompt each (the single-mask output); then a
+  residual pass of ``points_per_side // RESIDUAL_DIVISOR`` per side points, skipping those inside
+  the confident core of a kept box mask (:data:`RESIDUAL_COVER`), finds what the proposal model
+  missed. All masks go through SAM's predicted-IoU and stability filters and one box NMS. Needs the
+  proposal model.
 
 The default is ``hierarchical`` (README, "Everything mode: sampling", gives the measurements): it
 needs nothing but the SAM model, finds the same shapes as the grid on the test scenes, and decodes
@@ -38,11 +41,29 @@ SPARSE_DIVISOR = 4
 #: at 5-8, so 8.5 skipped no point there and hierarchical cost more than grid (3243 decoded outputs
 #: against 3072 on 4 held-out scenes). Measured on the 10 held-out scenes (46 shapes, 16x16 grid):
 #: quantile 0.6 kept the grid's recall (0.870) with 2592 outputs against 7680; 0.5 lost a shape.
-CONFIDENT_QUANTILE = 0.6
+#: Re-measured on the quality tests' 8 held-out scenes (45 shapes; tests/test_everything_quality.py):
+#: 0.6 found 34 shapes where the grid finds 35 (recall 0.756, 0.002 outside the issue's 0.02), 0.7
+#: all 35 with 2586 outputs against the grid's 6144; on four 640x480 scenes at 32x32 points 22/32
+#: where the grid finds 23 (0.6: 21), 4665 outputs against 12288. 0.8 costs 2955 / 5724.
+CONFIDENT_QUANTILE = 0.7
 
 #: object-aware: FastSAM's proposal settings, MobileSAMv2's (its Inference.py: imgsz 1024, conf 0.4,
-#: iou 0.9), which are also FastSAM's own everything-mode defaults (tiny_sam_params)
+#: iou 0.9), which are also FastSAM's own everything-mode defaults (tiny_sam_params). The image size
+#: is the proposal model's own training size when its checkpoint records one (FastSAM-s/x: 1024;
+#: automask_sampling.proposal_size), else this: a detector finds objects at the scale it learned.
+#: The test FastSAM (trained at 256) given 640x480 scenes at 1024 proposed boxes that matched 3 of
+#: 32 shapes (box IoU >= 0.7), at 640 16, at its own 256 27.
 PROPOSAL_SIZE = 1024
+#: object-aware's residual pass: points_per_side // RESIDUAL_DIVISOR points per side. Measured
+#: (README, "Everything mode: sampling"): boxes alone found 19 of 45 shapes where the grid finds 35;
+#: a residual pass at divisor 4, 3, 2 found 27, 33, 33 (382, 658, 1597 outputs against the grid's
+#: 6144), a full-density one 35 (~5000 outputs: no saving); on four 640x480 scenes (32x32 points)
+#: divisor 3 found 22/32 shapes, 2 the grid's 23/32 (3005 outputs against 12288).
+RESIDUAL_DIVISOR = 2
+#: object-aware: a residual point is skipped inside the top 10 % of a kept box mask's logits (its
+#: core). Skipping inside the whole mask (0.0) lost a shape whose box gave a bad mask (IoU 0.59) that
+#: covered the point which finds it (32/45 instead of 33).
+RESIDUAL_COVER = 0.9
 PROPOSAL_CONFIDENCE = 0.4
 PROPOSAL_IOU = 0.9
 

@@ -10,6 +10,8 @@ the same table on more and larger scenes.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -19,16 +21,20 @@ from comfyui_sam_kit.samkit.automask import AutoMaskSettings
 from comfyui_sam_kit.samkit.segmap import segmentation_map
 from testsupport import ground_truth as gt
 from testsupport.trained import EVERYTHING_SETTINGS, TRAINED_SAM_PATH
+from testsupport.trained_fastsam import TRAINED_FASTSAM_PATH
 
 # The fixture tests' everything settings (16x16 points reach every shape at this size; thresholds
 # for a tiny model: tests/testsupport/trained.py).
 SETTINGS = AutoMaskSettings(**EVERYTHING_SETTINGS)
 
 #: each way of segmenting everything: the seg map's extra arguments (a function, so a mode that
-#: needs a second model loads it only when it runs). A sampling mode is one more line here, e.g.
-#: "hierarchical": lambda: {"sampling": "hierarchical"}; it is then held to the grid's recall too.
+#: needs a second model loads it only when it runs). Every mode but the grid is held to the grid's
+#: recall too. Object-aware takes its boxes from the trained FastSAM fixture, as the node does
+#: (a FastSAM LoadedModel: it proposes at the size it was trained at, 256).
 MODES = {
     "grid": lambda: {"sampling": "grid"},
+    "hierarchical": lambda: {"sampling": "hierarchical"},
+    "object-aware": lambda: {"sampling": "object-aware", "proposals": _fastsam()},
 }
 
 # Measured on QUALITY_SCENES (8 held-out scenes, 45 shapes) with these settings (torch 2.14.1, CPU):
@@ -46,6 +52,11 @@ RECALL_BAR = 0.73
 MEAN_IOU_BAR = 0.86
 # issue 16's goal for the sampling modes: within 0.02 of the grid's recall (on 45 shapes: none lost)
 MODE_RECALL_SLACK = 0.02
+
+
+@functools.lru_cache(maxsize=1)
+def _fastsam():
+    return loader.load_model(str(TRAINED_FASTSAM_PATH), device="cpu", precision="fp32")
 
 
 def _seg_map(model, **options) -> gt.Segmenter:
@@ -108,6 +119,11 @@ def test_metrics_on_known_answers(scenes):
         gt.measure(lambda image: scene.masks[:, :-1], [scene])
 
 
+#: modes held to the grid's recall (issue 16's goal) in the test below; object-aware's shortfall is
+#: its own strict xfail, test_object_aware_reaches_the_grid_recall
+GRID_RECALL_MODES = [m for m in MODES if m != "object-aware"]
+
+
 @pytest.mark.parametrize("mode", list(MODES))
 def test_mode_finds_the_ground_truth_shapes(mode, measured):
     q, reference, grid = measured[mode], measured["reference"], measured["grid"]
@@ -118,8 +134,23 @@ def test_mode_finds_the_ground_truth_shapes(mode, measured):
         # the grid is the reference's algorithm: the same shapes found, as tightly
         assert q.found == reference.found and abs(q.mean_iou - reference.mean_iou) < 1e-3, (
             f"{summary}; reference {reference.found}/{reference.shapes}, mean IoU {reference.mean_iou:.3f}")
-    else:
+    elif mode in GRID_RECALL_MODES:
         assert q.recall >= grid.recall - MODE_RECALL_SLACK, f"{summary}; grid recall {grid.recall:.3f}"
+
+
+# Object-aware's own floor until it reaches the grid's: measured 33/45 (recall 0.733, mean IoU 0.872;
+# the grid 35/45) with the FastSAM fixture's boxes and the residual pass (sampling_params). The two
+# shapes it misses: one whose proposal box is poor (box IoU 0.61) and whose true box gives a mask
+# that fails stability (0.66), one the FastSAM fixture boxes badly (0.41) and no residual point
+# reaches. RECALL_BAR (33/45) above holds it with no shape of slack, but none is near the line (the
+# found shape nearest it at IoU 0.721, the nearest miss 0.659); boxes alone found 19/45, so losing the
+# residual pass fails.
+@pytest.mark.xfail(strict=True, reason="object-aware finds 33/45 shapes where the grid finds 35 (README, "
+                   "'Everything mode: sampling'): the fixture SAM's box-prompt masks and the FastSAM fixture's "
+                   "boxes; strict, so reaching the grid's recall fails here until this mark is removed")
+def test_object_aware_reaches_the_grid_recall(measured):
+    q, grid = measured["object-aware"], measured["grid"]
+    assert q.recall >= grid.recall - MODE_RECALL_SLACK, f"{q.found}/{q.shapes}; grid {grid.found}/{grid.shapes}"
 
 
 def test_reference_meets_the_same_bars(measured):
