@@ -114,8 +114,8 @@ def _timed(fn):
     return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def speed(model, image: np.ndarray, settings: AutoMaskSettings, rounds: int) -> dict:
-    ours = pack_segmenter(model, settings)
+def speed(model, image: np.ndarray, settings: AutoMaskSettings, rounds: int, sampling: str = "grid") -> dict:
+    ours = pack_segmenter(model, settings, sampling=sampling)
     reference = gt.reference_segmenter(model.runner, **settings.reference_kwargs())
     ours(image[:64, :64])  # warm-up (allocator, kernels), as bench.compare
     times = {"ours": [], "reference": []}
@@ -137,10 +137,9 @@ STAGES = {
     "prompt encoder": [("prompt_encoder.py", "forward")],
     "decoder transformer (IoU + tokens)": [("point_decoder.py", "decode_point_tokens")],
     "mask upscaling (low-res logits)": [("point_decoder.py", "masks_for")],
-    "upsampling to full size": [("automask.py", "_upsample")],
-    "stability score": [("automask.py", "_stability_score")],
-    # (_mask_boxes: the same boxes from the logits' row and column maxima, if automask has it)
-    "boxes of full-size masks": [("amg.py", "batched_mask_to_box"), ("automask.py", "_mask_boxes")],
+    "upsampling to full size": [("sam_backend.py", "upsample")],
+    "stability score": [("automask_crop.py", "stability_score")],
+    "boxes of full-size masks": [("amg.py", "batched_mask_to_box"), ("automask_crop.py", "mask_boxes")],
     "box NMS": [("boxes.py", "batched_nms")],
     "final masks: upsample + compact packing": [("automask.py", "_full_masks")],
     "small-region clean-up": [("automask.py", "_postprocess_small_regions")],
@@ -168,9 +167,9 @@ def _stage_seconds(stats: pstats.Stats) -> dict[str, float]:
     return out
 
 
-def profile(model, image: np.ndarray, settings: AutoMaskSettings) -> tuple[float, dict[str, float]]:
+def profile(model, image: np.ndarray, settings: AutoMaskSettings, sampling: str = "grid") -> tuple[float, dict[str, float]]:
     """(CPU seconds of one seg map run, CPU seconds per stage), from cProfile on the process clock."""
-    run = pack_segmenter(model, settings)
+    run = pack_segmenter(model, settings, sampling=sampling)
     profiler = cProfile.Profile(time.process_time)
     profiler.runcall(run, image)
     stats = pstats.Stats(profiler)
@@ -188,6 +187,8 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", action="store_true", help="with --speed: the pack's time stage by stage")
     parser.add_argument("--rounds", type=int, default=3, help="--speed: alternating rounds (default 3)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: all cores)")
+    parser.add_argument("--sampling", default="grid", choices=SAMPLING,
+                        help="--speed/--profile: the seg map's sampling (default grid: the reference's algorithm)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -200,7 +201,7 @@ def main(argv=None) -> int:
         print(f"# speed: trained SAM fixture, held-out scene {spec.width}x{spec.height} with {len(scene)} shapes, "
               f"{s.points_per_side}x{s.points_per_side} points, pred_iou {s.pred_iou_thresh}, stability "
               f"{s.stability_score_thresh}; {env}")
-        r = speed(model, scene.image, s, args.rounds)
+        r = speed(model, scene.image, s, args.rounds, args.sampling)
         for i, ((ow, oc), (rw, rc)) in enumerate(zip(r["times"]["ours"], r["times"]["reference"])):
             print(f"round {i + 1}: seg map {ow:.2f} s wall / {oc:.2f} s CPU; SamAutomaticMaskGenerator {rw:.2f} s "
                   f"wall / {rc:.2f} s CPU; {rw / ow:.1f}x wall, {rc / oc:.1f}x CPU")
@@ -209,7 +210,7 @@ def main(argv=None) -> int:
               f"**{r['wall_ratio']:.1f}x** wall, {r['cpu_ratio']:.1f}x CPU; segments {r['counts']['ours']} / "
               f"{r['counts']['reference']}; load average now {os.getloadavg()[0]:.2f}")
         if args.profile:
-            total, stages = profile(model, scene.image, s)
+            total, stages = profile(model, scene.image, s, args.sampling)
             print(f"\nwhere one seg map run's {total:.2f} s of CPU go (cProfile on the process clock; its "
                   "overhead is in 'other'):\n\n| stage | CPU s | share |\n|---|---|---|")
             for stage, sec in sorted(stages.items(), key=lambda kv: -kv[1]):
