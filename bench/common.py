@@ -221,3 +221,12 @@ def ensure_repo_on_path() -> None:
 
 
 ensure_repo_on_path()
+
+
+def print_table(head: tuple, rows: list) -> None:
+    """A Markdown table (what README quotes) of ``rows``, tuples of strings under ``head``."""
+    print()
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")

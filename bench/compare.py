@@ -37,7 +37,7 @@ import torch
 from . import common
 from .checkpoints import SAM_ARCHS, fastsam_checkpoint, sam_checkpoint
 from .scenes import make_scene
-from .common import fmt_s, measure_memory, timed
+from .common import fmt_s, measure_memory, print_table, timed
 
 common.ensure_repo_on_path()
 
@@ -323,11 +323,7 @@ def main(argv=None) -> int:
               f"node {fmt_s(r['node_s'])}; overhead {100 * r['overhead']:+.1f}%")
         rows.append(("remote node vs bare HTTP (self-hosted)", f"{fmt_s(r['bare_s'])} / {fmt_s(r['node_s'])}",
                      f"{100 * r['overhead']:+.1f}%", ""))
-    print()
-    print("| comparison | reference / ours | ratio | notes |")
-    print("|---|---|---|---|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    print_table(("comparison", "reference / ours", "ratio", "notes"), rows)
     return 0
 
 

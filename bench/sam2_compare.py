@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from . import common
-from .common import fmt_s, measure_memory, timed
+from .common import fmt_s, measure_memory, print_table, timed
 from .compare import matched_ious, paint_reference
 from .scenes import make_scene
 
@@ -138,11 +138,7 @@ def main(argv=None) -> int:
         rows.append(("SAM 2.1-tiny prompt edit vs cold run (reference: set_image + predict)",
                      f"{fmt_s(r['cold_s'])} / {fmt_s(r['edit_s'])}", f"{100 * r['ratio']:.1f}% of cold",
                      f"reference {fmt_s(r['ref_s'])}; encoder runs during edits: {r['encoder_runs_during_edits']}"))
-    print()
-    print("| comparison | reference (cold) / ours | ratio | notes |")
-    print("|---|---|---|---|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    print_table(("comparison", "reference (cold) / ours", "ratio", "notes"), rows)
     return 0
 
 

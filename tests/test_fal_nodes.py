@@ -24,6 +24,7 @@ from comfyui_sam_kit.samkit.fal.errors import FalAuthError, FalConfigError, FalT
 from comfyui_sam_kit.samkit.prompts import PromptError
 from testsupport.fal_host import FakeComfyHost, InterruptProcessingException
 from testsupport.fal_server import OPEN_SEGMAP, SERVER_KEY, Faults, real_handlers, serve, small_model, wait_until
+from testsupport.fal_env import clear_fal_environment
 
 SENTINEL = "sentinel-id:SENTINEL-7f3a9c-do-not-leak"
 H, W = 48, 64
@@ -32,11 +33,7 @@ H, W = 48, 64
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch, tmp_path):
     """No key, URL or config from the machine running the tests."""
-    for name in ("FAL_KEY", "FAL_KEY_ID", "FAL_KEY_SECRET", "SAMKIT_FAL_BASE_URL", "SAMKIT_FAL_CONFIG",
-                 "SAMKIT_SELF_HOSTED_URL", "SAMKIT_SELF_HOSTED_KEY"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    monkeypatch.setenv("APPDATA", str(tmp_path / "config"))
+    clear_fal_environment(monkeypatch, tmp_path)
 
 
 def _use(monkeypatch, base, key=SERVER_KEY):

@@ -16,16 +16,14 @@ from comfyui_sam_kit.nodes.fal_sam3 import SamKitFalSAM3
 from comfyui_sam_kit.samkit.fal import sam3_schemas
 from comfyui_sam_kit.samkit.fal.rle import RLEError, decode_rle
 from testsupport.fal_sam3_server import SERVER_KEY, serve_sam3
+from testsupport.fal_env import clear_fal_environment
 
 H, W = 48, 64
 
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch, tmp_path):
-    for name in ("FAL_KEY", "FAL_KEY_ID", "FAL_KEY_SECRET", "SAMKIT_FAL_BASE_URL", "SAMKIT_FAL_CONFIG",
-                 "SAMKIT_SELF_HOSTED_URL", "SAMKIT_SELF_HOSTED_KEY"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    clear_fal_environment(monkeypatch, tmp_path)
 
 
 def _use(monkeypatch, server):
