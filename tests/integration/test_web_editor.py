@@ -25,6 +25,7 @@ import time
 
 import pytest
 
+from comfyui_sam_kit.samkit.sampling_params import DEFAULT_SAMPLING
 from testsupport import browser
 from testsupport import comfy_assets as A
 from testsupport.editor_page import (
@@ -99,7 +100,9 @@ def test_click_drag_resize_save_load_and_queue(page, artifacts_dir):
     # save and load the workflow: the widgets carry the prompts, the editor shows them again
     workflow = page.evaluate("JSON.parse(JSON.stringify(app.graph.serialize()))")
     saved = next(n for n in workflow["nodes"] if n["type"] == "SamKitTinySAM")
-    assert saved["widgets_values"] == [1024, 0.4, 0.9, values["box_prompt"], values["point_prompt"], values["point_label"]]
+    # the optional `sampling` combo (everything mode, no prompt) is a widget too, at its default
+    assert saved["widgets_values"] == [1024, 0.4, 0.9, values["box_prompt"], values["point_prompt"], values["point_label"],
+                                       DEFAULT_SAMPLING]
     page.evaluate("() => app.graph.clear()")
     page.evaluate("async (wf) => { await app.loadGraphData(wf); }", workflow)
     set_view(page, 1, [-380, 0])

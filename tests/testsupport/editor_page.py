@@ -253,5 +253,8 @@ def check_markers(page, node_id, points: list, labels: list, size=(W, H)) -> Non
     shot = browser.screenshot_rgb(page)
     for (x, y), label in zip(points, labels):
         cx, cy = shown.at(x, y)
-        off = 2.5 * shown.zoom  # inside the dot, clear of its white rim and of the +/− strokes
+        # inside the dot (radius 6), clear of its white rim (5.25-6.75) and of the +/− strokes (±0.75):
+        # 2 px down and right, 2.8 from the centre, leaves room for the blur of a canvas that Nodes 2.0
+        # scales by a fraction (2.5 px sampled the rim's blur there once the node grew a widget)
+        off = 2.0 * shown.zoom
         assert_colour(shot, (cx + off, cy + off), POSITIVE_DOT if label == 1 else NEGATIVE_DOT, f"marker of point {x},{y}")
