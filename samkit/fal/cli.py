@@ -132,8 +132,9 @@ def main(argv: Optional[list] = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    fetch = OutboundPolicy(fetch_hosts, args.allow_private_addresses, int(args.fetch_max_mb * 1024 * 1024),
-                           args.fetch_timeout)
+    fetch = OutboundPolicy(hosts=fetch_hosts, allow_private=args.allow_private_addresses,
+                           max_bytes=int(args.fetch_max_mb * 1024 * 1024),
+                           timeout=args.fetch_timeout)
     hooks = OutboundPolicy(hook_hosts, args.allow_private_addresses)
     if args.require_key and not keys:
         print("error: give --key-file with the keys clients must send (one per line), or --no-require-key to accept "

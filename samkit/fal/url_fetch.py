@@ -46,13 +46,13 @@ class OutboundPolicy:
 
     #: allowed hosts (lower case): names, addresses, or ``*.domain`` for sub-domains; empty: off
     hosts: tuple = ()
-    #: any host name (the fal App: callers pass fal's CDN or their own storage); the address rules
-    #: below still apply
-    any_host: bool = False
     allow_private: bool = False
     max_bytes: int = 20 * 1024 * 1024
     timeout: float = 20.0
     max_redirects: int = 5
+    #: any host name (the fal App: callers pass fal's CDN or their own storage); the address rules
+    #: above still apply. Last, so positional construction (hosts, allow_private, max_bytes, ...) holds
+    any_host: bool = False
 
     @property
     def enabled(self) -> bool:
