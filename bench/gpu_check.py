@@ -234,7 +234,7 @@ def check_segmap(cfg: Config, table: Table, arch: str, path: Path, image: np.nda
             table.add(check, "SAM Kit", precision, result=f"refused at load: {error}")
             continue
         _reset_vram(cfg.device)
-        result, cold, warm = _cold_warm(lambda: segmentation_map(model, tensor, settings, 0), cfg)
+        result, cold, warm = _cold_warm(lambda: segmentation_map(model, tensor, settings, 0, sampling="grid"), cfg)
         table.add(check, "SAM Kit", precision, cold, warm, ref_warm, _vram(cfg.device),
                   f"{result.counts[0]} segments")
         model = result = None
