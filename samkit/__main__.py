@@ -119,7 +119,7 @@ def cmd_segmap(args) -> int:
     if args.sampling == S.OBJECT_AWARE and not args.proposal_model:
         raise ValueError(S.missing_proposals())
     model = _load(args)
-    proposals = _proposals(args) if model.is_sam else None
+    proposals = _proposals(args) if model.samples_prompts else None
     for path in files:
         result = segmentation_map(model, load_image_file(path), settings, args.seed,
                                   max_segments=args.max_segments, segment_masks=args.masks,
@@ -148,7 +148,7 @@ def cmd_tinysam(args) -> int:
         sampling=args.sampling,
     ).validate()
     model = _load(args)
-    proposals = _proposals(args) if model.is_sam else None
+    proposals = _proposals(args) if model.samples_prompts else None
     for path in files:
         result = segment_with_prompts(model, load_image_file(path), request, proposals=proposals)
         _save(result.image[0], out / f"{path.stem}_tinysam.png")

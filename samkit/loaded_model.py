@@ -43,6 +43,12 @@ class LoadedModel:
         return self.family == SAM2_FAMILY
 
     @property
+    def samples_prompts(self) -> bool:
+        """Everything mode runs the pack's driver (``automask``) on this model, so ``sampling`` and
+        object-aware proposals apply: SAM and SAM 2 / 2.1. FastSAM has its own everything pass."""
+        return self.is_sam or self.is_sam2
+
+    @property
     def is_fastsam(self) -> bool:
         return self.family == FASTSAM_FAMILY
 

@@ -241,7 +241,7 @@ class Previewer:
             return answer
         loading = time.perf_counter()
         model = self._model(body.get("model"))
-        if model.is_sam and not (prompts.boxes or prompts.has_positive):
+        if model.samples_prompts and not (prompts.boxes or prompts.has_positive):
             answer["note"] = "no preview for background points alone (the node segments everything but them)"
             return answer
         encoder_runs = embeddings.encoder_calls

@@ -22,7 +22,7 @@ from .compact import CompactMasks
 from .images import as_image_batch, to_uint8_rgb
 from .loaded_model import LoadedModel
 from .painting import colour_labels, order_by_area, palette
-from .sampling_params import DEFAULT_SAMPLING
+from .sampling_params import DEFAULT_SAMPLING, check_sampling as check_sampling_value
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def segmentation_map(
     """Segment everything in each image of ``image`` (IMAGE ``[B,H,W,C]``) and paint it.
 
     ``sampling`` (``sampling_params.SAMPLING``) chooses the SAM family's prompts: ``grid``,
-    ``hierarchical`` or ``object-aware``, which takes its boxes from ``proposals`` (a FastSAM
+    ``hierarchical`` or ``object-aware`` (SAM and SAM 2), which takes its boxes from ``proposals`` (a FastSAM
     ``LoadedModel``, or a function crop RGB -> xyxy boxes; ``automask_sampling``). FastSAM models
     run their own everything mode and ignore both.
 
@@ -104,9 +104,12 @@ def segmentation_map(
     ``outputs.OutputTooLarge`` when the outputs would not fit in the output device's free memory.
     """
     settings = (settings or AutoMaskSettings()).validate()
-    check_sampling(sampling, proposals if model.is_sam else "unused")
-    proposal_model = proposals if model.is_sam and getattr(proposals, "is_fastsam", False) else None
-    proposals = as_proposals(proposals) if model.is_sam else None  # a SAM model as proposer: refused here
+    if model.samples_prompts:
+        check_sampling(sampling, proposals)
+    else:
+        check_sampling_value(sampling)  # a bad value is refused whatever the model
+    proposal_model = proposals if model.samples_prompts and getattr(proposals, "is_fastsam", False) else None
+    proposals = as_proposals(proposals) if model.samples_prompts else None  # a SAM model as proposer: refused here
     if isinstance(max_segments, bool) or not isinstance(max_segments, int) or max_segments < 0:
         raise ValueError(f"max_segments must be a whole number, 0 (no limit) or more, got {max_segments!r}")
     batch = as_image_batch(image)

@@ -158,10 +158,10 @@ def segment_with_prompts(model: LoadedModel, image: torch.Tensor, request: TinyS
     b, h, w, _ = batch.shape
     per_image = request.prompts_for(b, w, h)  # bad prompts fail before any model work
     everything = any(not (p.boxes or p.has_positive) for p in per_image)
-    if model.is_sam and everything:
+    if model.samples_prompts and everything:
         check_everything(request.sampling, proposals)  # object-aware needs them: fail before model work
     proposal_model = proposals if getattr(proposals, "is_fastsam", False) else None
-    proposals = as_proposals(proposals) if model.is_sam and everything else None
+    proposals = as_proposals(proposals) if model.samples_prompts and everything else None
     out = runtime.output_device()
     remedies = _remedies(per_image)
     _OUTPUTS.ensure_fits([], b, h, w, out, remedies)

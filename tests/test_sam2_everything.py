@@ -57,3 +57,28 @@ def test_segments_equal_the_reference_generator(tmp_path):
         assert ious[best] >= 0.99
         assert float(ours.predicted_iou[i]) == pytest.approx(ref["predicted_iou"], abs=1e-4)
         assert float(ours.stability_score[i]) == pytest.approx(ref["stability_score"], abs=1e-3)
+
+
+def test_object_aware_takes_its_boxes_for_sam2_in_the_seg_map_and_tiny_sam(tmp_path):
+    # SAM 2 runs everything mode through the same driver as SAM, so object-aware sampling must reach
+    # it with the proposals given (they were once dropped for every model but SAM 1, and object-aware
+    # on SAM 2 then failed with "connect a proposal model" although one was connected)
+    from comfyui_sam_kit.samkit.segmap import segmentation_map
+    from comfyui_sam_kit.samkit.tiny_sam_job import TinySamRequest, segment_with_prompts
+
+    model = loader.load_model(str(save_sam2_checkpoint(everything_state_dict(seed=0), tmp_path / "any_name.pt")),
+                              device="cpu")
+    asked = []
+
+    def proposals(crop_rgb):
+        asked.append(crop_rgb.shape)
+        return np.array([[20.0, 20.0, 120.0, 100.0], [100.0, 40.0, 190.0, 140.0]])
+
+    image = torch.from_numpy(_image()).float()[None] / 255
+    settings = replace(SAM2_DEFAULTS, points_per_side=4, box_nms_thresh=1.0)
+    result = segmentation_map(model, image, settings, sampling="object-aware", proposals=proposals)
+    assert asked == [(H, W, 3)] and result.counts[0] > 0
+    with pytest.raises(ValueError, match="proposal"):
+        segmentation_map(model, image, settings, sampling="object-aware")
+    segment_with_prompts(model, image, TinySamRequest(sampling="object-aware", confidence=0.0), proposals=proposals)
+    assert asked == [(H, W, 3)] * 2
